@@ -1,0 +1,88 @@
+"""Shared plumbing for benchmark scripts: machine facts, result JSON, RESULTS.md sections.
+
+Every benchmark writes ``benchmarks/results/<name>.json`` (keys in ../shared/docs/RESULTS.md)
+and replaces its own section of ``benchmarks/RESULTS.md`` between marker comments, so the
+figures in both are the ones the script measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+RESULTS_MD = BENCH_DIR / "RESULTS.md"
+
+
+def machine() -> dict[str, Any]:
+    """Cores, RAM, CPU model and accelerator of this machine."""
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cores": os.cpu_count(),
+        "ram_gb": round(ram_gb, 1),
+        "cpu": cpu,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def command_line() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], BENCH_DIR.parent), *sys.argv[1:]])
+
+
+def write_result(name: str, payload: dict[str, Any], markdown: str) -> Path:
+    """Write results/<name>.json (with command, date, machine) and the RESULTS.md section."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    record = {
+        "command": command_line(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **payload,
+    }
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    header = (
+        f"Command: `{record['command']}`  \nDate: {record['date']}  \n"
+        f"Machine: {record['machine']['cores']} cores, {record['machine']['ram_gb']} GB RAM, "
+        f"{record['machine']['cpu']}, {record['machine']['gpu']}\n\n"
+    )
+    _replace_section(name, header + markdown.strip() + "\n")
+    return path
+
+
+def _replace_section(name: str, body: str) -> None:
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Benchmark results\n"
+    block = f"{start}\n{body}{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
+        text = before + block + after
+    else:
+        text = text.rstrip("\n") + f"\n\n## {name}\n\n{block}\n"
+    RESULTS_MD.write_text(text)

@@ -1,0 +1,1 @@
+"""OpenSearch Dashboards saved objects for the enrichment results."""

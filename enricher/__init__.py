@@ -1,0 +1,1 @@
+"""OpenSearch enrichment worker: reads logs, groups them, scores them, writes anomaly labels back."""

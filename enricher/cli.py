@@ -1,0 +1,59 @@
+"""The `logllm` command line.
+
+Each area of the product contributes its own subcommands through a `register(subparsers)`
+function in its module; this file only wires them together, so commands live next to the code
+they drive and importing the CLI stays cheap (heavy modules are imported inside handlers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+
+from model.errors import UserError
+
+# Modules that define a `register(subparsers)` function, in the order their commands are listed.
+COMMAND_MODULES: tuple[str, ...] = (
+    "model.cli",
+    "enricher.localnode",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logllm",
+        description="LLM log anomaly detection for OpenSearch (LogLLM, LogLLaMA).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Libraries we call (peft, transformers) emit deprecation notices about each other that a
+    # CLI user can do nothing about.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"logllm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The detector seam: what the worker, backfill and CLI call, whatever the model behind it.
+
+`Detector.score` takes sequences of raw log messages and returns one `Verdict` per sequence,
+stamped with the detector's version. It does no I/O. `load_detector` opens a detector folder
+and returns the implementation its manifest names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel, Field
+
+from model.backbones import DeviceChoice, DtypeChoice, QuantizeChoice
+from model.errors import UserError
+from model.folder import read_manifest
+
+ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A detector's decision on one sequence.
+
+    label: 1 anomalous, 0 normal (LogLLM: the parsed greedy answer, as in the paper).
+    score: continuous anomaly score in [0, 1] for ranking and thresholds (LogLLM:
+        p(anomalous) vs p(normal) at the answer word).
+    model_version: detector name and version hash, e.g. "logllm-3f2a9c81d0e4".
+    answer: the decoder's raw answer text (LogLLM) or a short explanation.
+    parse_failed: the answer contained neither label word (counted as normal, per the paper).
+    positions: indices of the messages that explain the verdict, when the detector has them.
+    """
+
+    label: int
+    score: float
+    model_version: str
+    answer: str = ""
+    parse_failed: bool = False
+    positions: tuple[int, ...] = field(default=())
+
+
+class Detector(Protocol):
+    """Scores sequences of raw log messages. Implementations: LogLLM, LogLLaMA."""
+
+    name: str
+    version: str
+
+    def score(self, sequences: Sequence[Sequence[str]], progress: ProgressFn | None = None) -> list[Verdict]:
+        """One verdict per sequence, in order. `progress` is called with the number of
+        sequences finished since the last call. Raises nothing for odd content: empty
+        sequences and empty messages are valid input."""
+        ...
+
+    def cache_stats(self) -> dict[str, dict[str, float]]:
+        """Hit/miss counters of the detector's caches, by cache name."""
+        ...
+
+
+class RuntimeSettings(BaseModel):
+    """How a detector runs on this machine (not stored with the model)."""
+
+    device: DeviceChoice = Field("auto", description="cpu, cuda, or auto (cuda when torch sees a GPU)")
+    dtype: DtypeChoice = Field(
+        "auto",
+        description="compute dtype; auto = bf16 on CUDA, and on CPU whichever of fp32/bf16 a quick matmul timing finds faster",
+    )
+    quantize: QuantizeChoice = Field("auto", description="nf4 = 4-bit NF4 via bitsandbytes (CUDA only); auto = nf4 on CUDA")
+    batch_size: int = Field(16, ge=1, description="sequences per decoder batch (sorted by length to limit padding)")
+    encoder_batch_size: int = Field(128, ge=1, description="messages per encoder batch")
+    embedding_cache_size: int = Field(
+        200_000, ge=0, description="distinct cleaned messages whose encoder vectors are kept (0 disables)"
+    )
+    verdict_cache_size: int = Field(
+        200_000, ge=0, description="distinct cleaned sequences whose verdicts are kept (0 disables)"
+    )
+    encoder_path: str | None = Field(
+        None, description="load the encoder from here instead of the reference in the manifest (same model, moved)"
+    )
+    decoder_path: str | None = Field(
+        None, description="load the decoder from here instead of the reference in the manifest (same model, moved)"
+    )
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+
+def load_detector(folder: Path, runtime: RuntimeSettings | None = None) -> Detector:
+    """Open the detector folder `folder` with the given runtime settings.
+
+    Raises:
+        UserError: the folder is missing or corrupt, names an unknown detector, or was trained
+            on base models other than the ones configured (`ManifestMismatchError`).
+    """
+    runtime = runtime or RuntimeSettings()
+    manifest = read_manifest(folder)
+    kind = manifest.get("detector")
+    if kind == "logllm":
+        from model.logllm_detector import LogLLMDetector
+
+        return LogLLMDetector.load(folder, manifest, runtime)
+    raise UserError(f"{folder}: unknown detector {kind!r} in manifest; this version knows 'logllm'")
