@@ -19,7 +19,11 @@ from model.errors import UserError
 # Modules that define a `register(subparsers)` function, in the order their commands are listed.
 COMMAND_MODULES: tuple[str, ...] = (
     "model.cli",
+    "enricher.commands",
     "enricher.localnode",
+    "enricher.systemd.commands",
+    "training.cli",
+    "dashboards.cli",
 )
 
 

@@ -13,8 +13,7 @@ Settings come from the `LocalNode` arguments, else from the environment (LOGLLM_
 LOGLLM_NODE_PORT, LOGLLM_NODE_VERSION), else from the defaults below. The module functions
 (config rendering, command building, response parsing) do no I/O, so unit tests cover them
 without a node; `LocalNode` does the I/O. Commands: `logllm node install|start|stop|status`, and
-the same as `python -m enricher.localnode ...` (what the Makefile runs; it needs none of the
-other command modules).
+the same as `python -m enricher.localnode ...` (what the Makefile runs).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from model.errors import UserError
+from model.folder import SHIPPED_MODEL_DIR
 from model.preprocess import HDFS_BLOCK_ID, LogLine, build_sequences, iter_log_lines
 
 DEFAULT_WINDOW = 100
@@ -26,7 +27,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     parser.add_argument("file", type=Path, help="raw log file ('-' reads standard input)")
-    parser.add_argument("--model", required=True, type=Path, help="detector folder (manifest.json + weights)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=SHIPPED_MODEL_DIR,
+        help="detector folder (manifest.json + weights); default: the shipped LogLLM-small trained on HDFS",
+    )
     parser.add_argument(
         "--format",
         choices=("raw", "hdfs", "bgl"),
@@ -129,7 +135,7 @@ def run_score(args: argparse.Namespace) -> int:
     print(
         f"logllm score: {len(sequences)} sequences ({scored_lines} lines), {anomalous} anomalous, "
         f"{elapsed:.1f} s ({scored_lines / max(elapsed, 1e-9):.0f} lines/s); cache hit ratio "
-        f"embedding {stats['embedding']['hit_ratio']:.3f}, verdict {stats['verdict']['hit_ratio']:.3f}",
+        + ", ".join(f"{name} {cache['hit_ratio']:.3f}" for name, cache in stats.items()),
         file=sys.stderr,
     )
     return 0

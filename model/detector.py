@@ -99,4 +99,8 @@ def load_detector(folder: Path, runtime: RuntimeSettings | None = None) -> Detec
         from model.logllm_detector import LogLLMDetector
 
         return LogLLMDetector.load(folder, manifest, runtime)
-    raise UserError(f"{folder}: unknown detector {kind!r} in manifest; this version knows 'logllm'")
+    if kind == "logllama":
+        from model.logllama import LogLLaMADetector
+
+        return LogLLaMADetector.load(folder, manifest, runtime)
+    raise UserError(f"{folder}: unknown detector {kind!r} in manifest; this version knows 'logllm' and 'logllama'")

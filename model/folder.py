@@ -22,6 +22,8 @@ from safetensors.torch import load_file, save_file
 from model.errors import UserError
 
 MANIFEST_FILE = "manifest.json"
+# The detector that ships with the package: LogLLM-small trained on HDFS (see its report.md).
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "shipped" / "logllm-small-hdfs"
 FORMAT_VERSION = 1
 
 

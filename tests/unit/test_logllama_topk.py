@@ -1,0 +1,163 @@
+"""LogLLaMA's pure parts on hand-built cases: the Top-K rule, K capping, the sequence layout,
+verdicts with line positions, and the RL reward and loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model.logllama import IGNORE, build_verdict, effective_k, key_batch, outside_topk
+from training.logllama import reinforce_loss, reward_mask, topk_rewards
+
+INF = float("-inf")
+
+
+def test_topk_rule_on_hand_built_logits() -> None:
+    logits = torch.tensor(
+        [
+            [5.0, 4.0, 3.0, 2.0, INF],  # target 0: rank 0
+            [5.0, 4.0, 3.0, 2.0, INF],  # target 2: rank 2
+            [5.0, 4.0, 3.0, 2.0, INF],  # target 3: rank 3
+            [5.0, 4.0, 3.0, 2.0, INF],  # target 4: a non-candidate (unk): always outside
+        ]
+    )
+    targets = torch.tensor([0, 2, 3, 4])
+    assert outside_topk(logits, targets, k=3).tolist() == [False, False, True, True]
+    assert outside_topk(logits, targets, k=1).tolist() == [False, True, True, True]
+    assert outside_topk(logits, targets, k=4).tolist() == [False, False, False, True]
+    # Even with K covering every candidate, unk stays outside.
+    assert outside_topk(logits, targets, k=100).tolist() == [False, False, False, True]
+
+
+def test_ties_count_for_the_observed_key() -> None:
+    logits = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    assert outside_topk(logits, torch.tensor([2]), k=1).tolist() == [False]
+    assert outside_topk(logits, torch.tensor([0]), k=1).tolist() == [False]
+    assert outside_topk(logits, torch.tensor([3]), k=4).tolist() == [False]
+    assert outside_topk(logits, torch.tensor([3]), k=3).tolist() == [True]
+
+
+@pytest.mark.parametrize(
+    ("k", "n_keys", "expected"),
+    [(7, 15, 7), (7, 8, 7), (7, 7, 6), (80, 50, 47), (690, 300, 285), (7, 2, 1), (7, 1, 1), (3, 100, 3)],
+)
+def test_k_is_capped_at_95_percent_of_the_vocabulary(k: int, n_keys: int, expected: int) -> None:
+    assert effective_k(k, n_keys) == expected == max(1, min(k, math.floor(0.95 * n_keys)))
+
+
+def test_session_layout_predicts_every_key_and_the_end() -> None:
+    n_keys = 5  # unk 5, eos 6, start 7
+    batch = key_batch([(0, 1, 2), (3, 5)], n_keys, "session", max_keys=10)
+    assert batch.inputs.tolist() == [[7, 0, 1, 2], [7, 3, 5, 7]]
+    assert batch.targets.tolist() == [[0, 1, 2, 6], [3, 5, 6, IGNORE]]
+    assert batch.mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch.checked.tolist() == [[True, True, True, True], [True, True, True, False]]
+
+
+def test_window_layout_has_no_end_and_skips_the_first_key() -> None:
+    batch = key_batch([(0, 1, 2)], 5, "window", max_keys=10)
+    assert batch.targets.tolist() == [[0, 1, 2, IGNORE]]
+    assert batch.checked.tolist() == [[False, True, True, False]]
+
+
+def test_a_cut_session_gets_no_end_target() -> None:
+    batch = key_batch([(0, 1, 2, 3, 4)], 5, "session", max_keys=3)
+    assert batch.inputs.tolist() == [[7, 0, 1, 2]]
+    assert batch.targets.tolist() == [[0, 1, 2, IGNORE]]
+
+
+def test_verdict_positions_are_the_failed_lines() -> None:
+    keys = (0, 1, 5, 2)
+    ok = build_verdict(keys, [False] * 5, 5, 7, "logllama-x")
+    assert (ok.label, ok.score, ok.positions) == (0, 0.0, ())
+    bad = build_verdict(keys, [False, False, True, False, True], 5, 7, "logllama-x", lambda k: f"K{k}")
+    assert bad.label == 1
+    assert bad.score == pytest.approx(2 / 5)
+    # Target 2 is line 2; target 4 is the end of the session, reported at the last line (3).
+    assert bad.positions == (2, 3)
+    assert "#2 K5" in bad.answer and "end of sequence" in bad.answer
+    assert bad.model_version == "logllama-x"
+
+
+def test_reward_mask_skips_the_prompt_padding_and_unk() -> None:
+    n_keys = 5
+    batch = key_batch([(0, 1, 2, 3, 4, 0, 1, 2, 3), (0, 5, 1)], n_keys, "session", max_keys=50)
+    rewarded = reward_mask(batch.targets, batch.checked, unk=n_keys, prompt_fraction=0.2)
+    # First row: 10 targets, prompt = floor(0.2*10) = 2 leading targets.
+    assert rewarded[0].tolist() == [False, False] + [True] * 8
+    # Second row: 4 targets, prompt = floor(0.8) = 0; the unk target and padding earn nothing.
+    assert rewarded[1].tolist()[:4] == [True, False, True, True]
+    assert not rewarded[1, 4:].any()
+
+
+def test_topk_rewards_are_plus_minus_one() -> None:
+    logits = torch.tensor([[[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]]])
+    assert topk_rewards(logits, torch.tensor([[1, 2]]), k=2).tolist() == [[1.0, -1.0]]
+
+
+def test_reinforce_loss_scales_log_likelihood_by_the_clipped_reward() -> None:
+    logits = torch.tensor([[[2.0, 0.0, 0.0, INF], [2.0, 0.0, 0.0, INF], [0.0, 2.0, 0.0, INF]]], requires_grad=True)
+    targets = torch.tensor([[0, 0, 1]])
+    rewarded = torch.tensor([[True, True, True]])
+    logp = torch.log_softmax(logits.detach(), -1)
+    sum_logp = float(logp[0, 0, 0] + logp[0, 1, 0] + logp[0, 2, 1])
+    loss, stats = reinforce_loss(logits, targets, rewarded, k=1, clip=10.0, entropy_coef=0.0)
+    assert stats["reward"] == pytest.approx(1.0)
+    assert float(loss.detach()) == pytest.approx(-sum_logp * 3)
+    clipped, _ = reinforce_loss(logits, targets, rewarded, k=1, clip=2.0, entropy_coef=0.0)
+    assert float(clipped) == pytest.approx(-sum_logp * 2)
+    # All three observed keys are top-1: the gradient raises their log-probability.
+    loss.backward()
+    assert logits.grad is not None and float(logits.grad[0, 0, 0]) < 0
+
+
+def test_entropy_bonus_lowers_the_loss_of_flatter_predictions() -> None:
+    targets, rewarded = torch.tensor([[0]]), torch.tensor([[True]])
+    sharp = torch.tensor([[[4.0, 0.0, 0.0]]])
+    base, stats = reinforce_loss(sharp, targets, rewarded, k=1, clip=10.0, entropy_coef=0.0)
+    bonus, _ = reinforce_loss(sharp, targets, rewarded, k=1, clip=10.0, entropy_coef=0.5)
+    assert float(bonus) == pytest.approx(float(base) - 0.5 * stats["entropy"])
+    assert stats["entropy"] > 0
+
+
+# ---------------------------------------------------------------------------- configuration
+def test_shipped_configs_validate_with_the_method_defaults() -> None:
+    from pathlib import Path
+
+    from training.logllama import config_selects_logllama, load_logllama_config
+
+    configs = Path(__file__).resolve().parents[2] / "training" / "configs"
+    hdfs = load_logllama_config(configs / "logllama_hdfs.toml")
+    bgl = load_logllama_config(configs / "logllama_bgl.toml")
+    assert (hdfs.detection_k, hdfs.architecture.sequence_kind, hdfs.rl.algorithm) == (7, "session", "reinforce")
+    assert (bgl.detection_k, bgl.architecture.sequence_kind) == (80, "window")
+    assert config_selects_logllama(configs / "logllama_hdfs.toml")
+
+
+def test_defaults_follow_the_data_and_typos_are_errors(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from model.errors import UserError
+    from training.logllama import config_selects_logllama, parse_logllama_config
+
+    assert parse_logllama_config({"data": {"kind": "bgl_windows"}}).detection_k == 80
+    windows = parse_logllama_config({"data": {"kind": "raw", "path": "x.log", "window": 20}})
+    assert windows.architecture.sequence_kind == "window" and windows.detection_k == 7
+    with pytest.raises(UserError, match="rl.entropy"):
+        parse_logllama_config({"rl": {"entropy": 0.1}})
+    with pytest.raises(UserError, match="rl.algorithm"):
+        parse_logllama_config({"rl": {"algorithm": "a2c"}})
+    plain = Path(str(tmp_path)) / "logllm.toml"
+    plain.write_text('[data]\nkind = "hdfs"\n')
+    assert not config_selects_logllama(plain)
+
+
+def test_a_control_without_the_rl_stage_is_a_config_error() -> None:
+    from model.errors import UserError
+    from training.logllama import parse_logllama_config
+
+    with pytest.raises(UserError, match="rl.control"):
+        parse_logllama_config({"rl": {"enabled": False, "control": True}})
+    assert parse_logllama_config({"rl": {"control": True}}).rl.control

@@ -1,0 +1,140 @@
+"""`logllm train` and `logllm eval`: train LogLLM from a config; evaluate a detector folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from model.errors import UserError
+
+BUILTIN_DATASETS = {"hdfs": {"kind": "hdfs"}, "bgl": {"kind": "bgl_windows"}}
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="train a LogLLM detector (three stages), or LogLLaMA (detector = \"logllama\"), from a TOML/JSON config",
+        description=(
+            "Train LogLLM as the config says (data, split, stages, sampler; paper defaults), resuming from the "
+            "run folder's last checkpoint, then evaluate LogLLM and the drain3 baseline on the test split. "
+            "Examples: training/configs/*.toml."
+        ),
+    )
+    train.add_argument("--config", required=True, type=Path, help="TOML or JSON config (see training/config.py)")
+    train.add_argument("--output", type=Path, help="run folder (overrides the config's `output`)")
+    train.add_argument("--fresh", action="store_true", help="discard the run folder's checkpoints and start over")
+    train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    train.add_argument("--threads", type=int, help="torch CPU threads (overrides runtime.threads)")
+    train.set_defaults(handler=run_train)
+
+    ev = subparsers.add_parser(
+        "eval",
+        help="evaluate a detector folder on a labelled dataset (P/R/F1, threshold sweep, PNGs)",
+        description=(
+            "Score the test split of a labelled dataset with the detector in --model and write report.md/json, "
+            "per-sequence scores and a precision-recall PNG; the drain3 + event-count baseline is trained on the "
+            "same split's training side and reported beside it."
+        ),
+    )
+    ev.add_argument("--model", required=True, type=Path, help="detector folder (manifest.json + weights)")
+    ev.add_argument(
+        "--dataset",
+        required=True,
+        help="'hdfs' (HDFS_2pct, seed-42 block split), 'bgl' (BGL_windows100, upstream split), or a TOML/JSON "
+        "file with a [data] table (a training config works)",
+    )
+    ev.add_argument("--split", choices=("test", "all"), default="test", help="score the test split or every sequence")
+    ev.add_argument("--output", "-o", type=Path, help="report folder (default: eval-<model>-<dataset>)")
+    ev.add_argument("--no-baseline", action="store_true", help="do not train/evaluate the baseline")
+    ev.add_argument("--classifier", choices=("decision_tree", "logistic_regression"), default="decision_tree",
+                    help="the baseline's classifier")
+    ev.add_argument("--batch-size", type=int, default=16, help="sequences per decoder batch")
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ev.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
+    ev.add_argument("--threads", type=int, help="torch CPU threads")
+    ev.set_defaults(handler=run_eval)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.logllama import config_selects_logllama, run_train_command
+    from training.train import train
+
+    if config_selects_logllama(args.config):
+        return run_train_command(args)
+
+    overrides: dict[str, Any] = {}
+    if args.output is not None:
+        overrides["output"] = str(args.output)
+    if args.no_eval:
+        overrides["evaluate"] = False
+    config = load_config(args.config, overrides)
+    if args.threads is not None:
+        config.runtime = config.runtime.model_copy(update={"threads": args.threads})
+    run = train(config, fresh=args.fresh)
+    print(f"logllm train: detector written to {run.detector_dir}", file=sys.stderr)
+    if run.report is not None:
+        for name, result in run.report["results"].items():
+            print(
+                f"logllm train: {name}: P {result['precision']:.4f} R {result['recall']:.4f} F1 {result['f1']:.4f}",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def data_config_from(spec: str) -> Any:
+    """`--dataset`: a builtin name or a TOML/JSON file holding a [data] table (or only data keys)."""
+    from training.config import DataConfig, TrainConfig, parse_config
+
+    if spec in BUILTIN_DATASETS:
+        return DataConfig.model_validate(BUILTIN_DATASETS[spec])
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"--dataset {spec!r}: not {' or '.join(BUILTIN_DATASETS)} and no such file")
+    try:
+        raw = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"--dataset {path}: not valid TOML/JSON: {exc}") from exc
+    config: TrainConfig = parse_config({"data": raw.get("data", raw)}, str(path))
+    return config.data
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from model.detector import RuntimeSettings
+    from model.folder import read_manifest
+    from training.config import TrainConfig
+    from training.data import Split, build_split, load_dataset
+    from training.train import evaluate_run
+
+    read_manifest(args.model)  # a wrong --model fails before the data is loaded
+    data = data_config_from(args.dataset)
+    dataset = load_dataset(data)
+    if args.split == "all":
+        split = Split((), dataset.sequences, "all sequences (no split)")
+        baseline = False
+    else:
+        split = build_split(data, dataset, require_both_classes=not args.no_baseline)
+        baseline = not args.no_baseline
+    runtime = RuntimeSettings(device=args.device, dtype=args.dtype, batch_size=args.batch_size, threads=args.threads)
+    config = TrainConfig(data=data, runtime=runtime, baseline=baseline, baseline_classifier=args.classifier)
+    name = args.dataset if args.dataset in BUILTIN_DATASETS else Path(args.dataset).stem
+    out_dir = args.output or Path(f"eval-{args.model.resolve().name}-{name}")
+    report = evaluate_run(
+        args.model,
+        split,
+        config,
+        out_dir,
+        title=f"{args.model.name} on {data.describe()}",
+        context={"split": split.summary(), "model_dir": str(args.model)},
+    )
+    for detector, result in report["results"].items():
+        print(
+            f"logllm eval: {detector}: P {result['precision']:.4f} R {result['recall']:.4f} F1 {result['f1']:.4f} "
+            f"(TP {result['tp']} FP {result['fp']} FN {result['fn']} TN {result['tn']})",
+            file=sys.stderr,
+        )
+    return 0

@@ -1,0 +1,758 @@
+"""Training LogLLaMA (METHOD.md §3): next-key fine-tuning on normal sequences, then RL.
+
+    data (training.data) -> normal train sequences -> 90/10 train/validation
+      -> key map (Drain on the normal training messages; BGL: its EventIds)
+      -> stage "lm": next-key cross-entropy, early stopping on validation NLL
+      -> stage "rl": REINFORCE with the Top-K ±1 reward (default) or PPO with a value head,
+         early stopping on the validation RL loss (LogGPT's rule)
+      -> detector folders + report
+
+REINFORCE, per normal sequence (LogGPT's loss, one teacher-forced pass instead of sampling):
+the first `prompt_fraction` of the targets is the prompt; each later target t gets
+r_t = +1 if the observed key is in the Top-K of the prediction at t, else −1, and
+
+    loss = −(Σ_t log p(x_t)) · clip(Σ_t r_t, −c, c) − λ · mean_t H(p_t)
+
+PPO (``rl.algorithm = "ppo"``): per-target advantage from the same rewards (reward-to-go
+minus a value head on the detached hidden state), clipped surrogate, exact KL to the model as
+it was after the LM stage, the value loss and the entropy bonus. The actions are the observed
+keys (teacher forcing), so the policy ratio is that of the observed key.
+
+Only sequences labelled normal train the model; no anomaly label is needed beyond picking them
+(a user with unlabelled, mostly normal logs can mark everything normal).
+
+The run folder holds ``detector/`` (the final model), ``without_rl/`` (after the LM stage),
+with ``rl.control`` also ``lm_continued/`` (the equal-budget likelihood control: the RL stage's
+episodes, sequences, batches and LR, but the plain next-key loss, so RL-vs-control isolates the
+reward from the extra training), ``training.json`` (curves, timings, data summary) and, with
+``evaluate``, ``report.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import sys
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import nn
+
+from model.detector import RuntimeSettings
+from model.errors import UserError
+from model.logkeys import DrainSettings, LogKeyMap
+from model.logllama import DEFAULT_K, IGNORE, LogLLaMAArchitecture, LogLLaMADetector, outside_topk
+from training.config import DataConfig
+from training.data import Dataset, LabelledSequence, build_split, load_dataset
+
+log = logging.getLogger(__name__)
+
+
+# ============================================================================ configuration
+class DrainConfig(BaseModel):
+    """drain3 parameters for mining keys (ignored for bgl_windows, whose EventIds are the keys)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sim_th: float = Field(0.4, gt=0, le=1, description="similarity threshold for joining a cluster")
+    depth: int = Field(4, ge=3, description="prefix-tree depth")
+    max_children: int = Field(100, ge=2, description="children per prefix-tree node")
+    mask: Literal["logllm-v2", "none"] = Field(
+        "logllm-v2", description="clean messages with LogLLM's 16 regex rules before Drain (ids, IPs, numbers -> <*>)"
+    )
+
+
+class LMConfig(BaseModel):
+    """Stage "lm": next-key fine-tuning on normal sequences."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(2, ge=1, description="passes over the training sequences")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (a CPU budget)")
+    batch_size: int = Field(8, ge=1, description="sequences per step (similar lengths batched together)")
+    lr: float = Field(5e-4, gt=0, description="AdamW learning rate of the LoRA weights")
+    key_lr: float = Field(2e-3, gt=0, description="AdamW learning rate of the new key rows")
+    lr_gamma: float = Field(
+        1.0, gt=0, le=1, description="ExponentialLR factor applied lr_decays times over the stage (1 = constant LR)"
+    )
+    lr_decays: int = Field(10, ge=1, description="LR decays spread evenly over the stage's planned steps")
+    eval_every: int = Field(50, ge=1, description="validation NLL every N steps (and at each epoch end)")
+    patience: int = Field(3, ge=1, description="stop after this many validations without a new best")
+
+
+class PPOConfig(BaseModel):
+    """PPO settings (used when rl.algorithm = "ppo")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(2, ge=1, description="optimisation passes over each batch")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="ratio clipping of the surrogate")
+    kl_coef: float = Field(0.1, ge=0, description="weight of KL(policy || model after the LM stage)")
+    value_coef: float = Field(0.5, ge=0, description="weight of the value-head regression loss")
+    gamma: float = Field(1.0, gt=0, le=1, description="discount of the reward-to-go")
+    value_lr: float = Field(1e-3, gt=0, description="learning rate of the value head")
+
+
+class RLConfig(BaseModel):
+    """Stage "rl": the Top-K ±1 reward, entropy bonus and reward clipping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="run the RL stage after the LM stage")
+    algorithm: Literal["reinforce", "ppo"] = Field("reinforce", description="REINFORCE as in LogGPT, or PPO + value head")
+    k: int | None = Field(None, ge=1, description="K of the reward (default: the detection K)")
+    prompt_fraction: float = Field(0.2, ge=0, lt=1, description="leading share of each sequence that earns no reward")
+    reward_clip: float = Field(10.0, gt=0, description="c: the summed reward is clipped to [-c, c]")
+    entropy_coef: float = Field(0.01, ge=0, description="λ: weight of the entropy bonus")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate of the LoRA weights (LogGPT: 1e-6, full GPT-2)")
+    key_lr: float = Field(1e-5, gt=0, description="AdamW learning rate of the key rows")
+    episodes: int = Field(20, ge=1, description="maximum episodes (LogGPT: 20)")
+    sequences_per_episode: int | None = Field(
+        None, ge=1, description="training sequences drawn per episode (default: all; a CPU budget)"
+    )
+    batch_size: int = Field(8, ge=1, description="sequences per step")
+    min_relative_gain: float = Field(0.01, ge=0, description="an episode whose validation loss improves less counts as stale")
+    patience: int = Field(3, ge=0, description="stop when more than this many episodes were stale (LogGPT: 3)")
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    control: bool = Field(
+        False,
+        description="also train a control from the same post-lm weights: as many episodes as the RL stage ran, same "
+        "sequences, batches and LR, but plain next-key likelihood (best episode by validation NLL), saved as "
+        "lm_continued/ and evaluated: it separates the reward's effect from that of more training",
+    )
+
+
+class LogLLaMATrainConfig(BaseModel):
+    """Everything `train_logllama` needs (TOML: top-level ``detector = "logllama"``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detector: Literal["logllama"] = Field("logllama", description="selects this trainer in `logllm train`")
+    data: DataConfig = Field(default_factory=DataConfig, description="labelled data, grouping and split (training.data)")
+    architecture: LogLLaMAArchitecture = Field(default_factory=LogLLaMAArchitecture, description="decoder, LoRA, layout")
+    drain: DrainConfig = Field(default_factory=DrainConfig)
+    runtime: RuntimeSettings = Field(
+        default_factory=lambda: RuntimeSettings(device="auto", dtype="auto"), description="device, dtype, threads"
+    )
+    k: int | None = Field(None, ge=1, description="detection K (default per dataset: HDFS 7, BGL 80; others 7)")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of the normal training sequences held out for validation")
+    dedupe: bool = Field(
+        False,
+        description="train on each distinct key sequence once per epoch instead of on every sequence (cheaper, but it "
+        "loses the patterns' frequencies, e.g. how often a block ends after a key; validation is always weighted)",
+    )
+    max_train_sequences: int | None = Field(None, ge=1, description="random subset of the training sequences (CPU budget)")
+    max_val_sequences: int | None = Field(None, ge=1, description="random subset of the validation sequences (CPU budget)")
+    lm: LMConfig = Field(default_factory=LMConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    seed: int = Field(42, description="seed of initialisation, subsets and order")
+    output: Path = Field(Path("runs/logllama"), description="run folder (detector/, without_rl/, training.json, report.json)")
+    evaluate: bool = Field(True, description="score the test split with both folders and write report.json")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> LogLLaMATrainConfig:
+        if self.rl.control and not self.rl.enabled:
+            raise ValueError("rl.control compares against the RL stage, so it needs rl.enabled = true")
+        if self.k is None:
+            self.k = DEFAULT_K["bgl"] if self.data.kind == "bgl_windows" else DEFAULT_K["hdfs"]
+        if "sequence_kind" not in self.architecture.model_fields_set:
+            by_session = self.data.kind == "hdfs" or self.data.session_regex is not None or (
+                self.data.opensearch is not None and self.data.opensearch.session_field is not None
+            )
+            self.architecture = self.architecture.model_copy(
+                update={"sequence_kind": "session" if by_session else "window"}
+            )
+        return self
+
+    @property
+    def detection_k(self) -> int:
+        assert self.k is not None  # set by the validator
+        return self.k
+
+
+def parse_logllama_config(raw: dict[str, Any], source: str = "config") -> LogLLaMATrainConfig:
+    """Validate a config mapping.
+
+    Raises:
+        UserError: naming every offending key and why.
+    """
+    try:
+        return LogLLaMATrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors())
+        raise UserError(f"{source}: {problems}") from exc
+
+
+def load_logllama_config(path: Path, overrides: dict[str, Any] | None = None) -> LogLLaMATrainConfig:
+    """Read a TOML or JSON config, apply top-level `overrides`, validate.
+
+    Raises:
+        UserError: missing file, bad syntax or invalid values.
+    """
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; see training/configs/logllama_*.toml")
+    text = path.read_text()
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid TOML/JSON: {exc}") from exc
+    raw.update(overrides or {})
+    return parse_logllama_config(raw, str(path))
+
+
+# ============================================================================ data
+@dataclass
+class KeyedData:
+    """Normal training/validation key sequences (distinct, with counts) and the test split."""
+
+    keymap: LogKeyMap
+    train: list[tuple[int, ...]]
+    train_counts: list[int]
+    val: list[tuple[int, ...]]
+    val_counts: list[int]
+    test: tuple[LabelledSequence, ...]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _bgl_keymap(templates_csv: Path, messages: Sequence[str]) -> LogKeyMap:
+    """BGL: the EventIds seen in the normal training windows are the keys (METHOD.md §4)."""
+    with templates_csv.open(newline="") as handle:
+        rows = [(r["EventId"].strip(), r["EventTemplate"]) for r in csv.DictReader(handle)]
+    seen = set(messages)
+    kept = [(name, text) for name, text in rows if text in seen]
+    return LogKeyMap.from_templates([n for n, _ in kept], [t for _, t in kept])
+
+
+def _distinct(sequences: Sequence[tuple[int, ...]], dedupe: bool) -> tuple[list[tuple[int, ...]], list[int]]:
+    if not dedupe:
+        return list(sequences), [1] * len(sequences)
+    counts = Counter(sequences)
+    return list(counts), list(counts.values())
+
+
+def prepare_data(config: LogLLaMATrainConfig, dataset: Dataset | None = None) -> KeyedData:
+    """Load and split the data, fit the key map on normal training messages, map to keys.
+
+    Raises:
+        UserError: no normal training sequence.
+    """
+    dataset = dataset or load_dataset(config.data)
+    split = build_split(config.data, dataset, require_both_classes=False)
+    normal = [s for s in split.train if s.label == 0]
+    if len(normal) < 2:
+        raise UserError(f"{dataset.name}: {len(normal)} normal training sequences; LogLLaMA needs normal sequences to learn from")
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(normal))
+    n_val = max(1, int(len(normal) * config.val_fraction))
+    val_seqs = [normal[i] for i in order[:n_val]]
+    train_seqs = [normal[i] for i in order[n_val:]]
+    messages = [m for s in normal for m in s.messages]
+    if config.data.kind == "bgl_windows":
+        assert config.data.templates is not None
+        keymap = _bgl_keymap(config.data.templates, messages)
+    else:
+        settings = DrainSettings(sim_th=config.drain.sim_th, depth=config.drain.depth, max_children=config.drain.max_children)
+        keymap = LogKeyMap.fit(messages, settings, config.drain.mask)
+    train_keys = [tuple(keymap.keys_of(s.messages)) for s in train_seqs]
+    val_keys = [tuple(keymap.keys_of(s.messages)) for s in val_seqs]
+    train, train_counts = _distinct(train_keys, config.dedupe)
+    val, val_counts = _distinct(val_keys, True)  # same metrics as every sequence, weighted by count
+    if config.max_train_sequences and len(train) > config.max_train_sequences:
+        keep = sorted(rng.permutation(len(train))[: config.max_train_sequences])
+        train, train_counts = [train[i] for i in keep], [train_counts[i] for i in keep]
+    if config.max_val_sequences and len(val) > config.max_val_sequences:
+        keep = sorted(rng.permutation(len(val))[: config.max_val_sequences])
+        val, val_counts = [val[i] for i in keep], [val_counts[i] for i in keep]
+    summary = {
+        "dataset": dataset.name,
+        "split": split.summary(),
+        "normal_train": len(train_seqs),
+        "normal_val": len(val_seqs),
+        "train_sequences_used": len(train),
+        "val_sequences_used": len(val),
+        "distinct_train_key_sequences": len(set(train_keys)),
+        "n_keys": keymap.n_keys,
+        "unk_in_normal_training": sum(k.count(keymap.unk) for k in train_keys + val_keys),
+        "test": len(split.test),
+        "test_anomalous": sum(s.label for s in split.test),
+    }
+    log.info("logllama data: %s", summary)
+    return KeyedData(keymap, train, train_counts, val, val_counts, split.test, summary)
+
+
+# ============================================================================ losses
+def _length_batches(sequences: Sequence[tuple[int, ...]], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
+    """Shuffled batches of indices with similar lengths (less padding), in random order."""
+    order = rng.permutation(len(sequences)).tolist()
+    window = batch_size * 16
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: len(sequences[i]))
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _candidate_log_probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p [B, L, C] and entropy [B, L] over the finite (candidate) logits."""
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    entropy = -(p * logp.masked_fill(~torch.isfinite(logp), 0.0)).sum(-1)
+    return logp, entropy
+
+
+def reward_mask(batch_targets: torch.Tensor, checked: torch.Tensor, unk: int, prompt_fraction: float) -> torch.Tensor:
+    """[B, L] bool: the targets that earn a reward — checked, not padding or `unk`, and past the
+    prompt (the first ⌊prompt_fraction · m⌋ of a sequence's m targets)."""
+    valid = (batch_targets != IGNORE) & (batch_targets != unk)
+    m = (batch_targets != IGNORE).sum(-1, keepdim=True)  # [B, 1]
+    positions = torch.arange(batch_targets.shape[1], device=batch_targets.device).unsqueeze(0)
+    return valid & checked & (positions >= torch.floor(prompt_fraction * m))
+
+
+def topk_rewards(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, L] float: +1 where the observed key is within the Top-K, −1 where outside."""
+    flat = outside_topk(logits.reshape(-1, logits.shape[-1]), targets.clamp(min=0).reshape(-1), k)
+    return 1.0 - 2.0 * flat.reshape(targets.shape).float()
+
+
+def reinforce_loss(
+    logits: torch.Tensor, targets: torch.Tensor, rewarded: torch.Tensor, k: int, clip: float, entropy_coef: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """LogGPT's loss per sequence, averaged over the batch (see the module docstring).
+
+    Returns the loss and diagnostics: mean reward per rewarded target (the Top-K hit rate
+    mapped to [-1, 1]) and mean entropy.
+    """
+    logp, entropy = _candidate_log_probs(logits)
+    observed = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [B, L]
+    rewards = topk_rewards(logits.detach(), targets, k) * rewarded  # [B, L]
+    weight = rewarded.float()
+    seq_logp = (observed.masked_fill(~rewarded, 0.0)).sum(-1)  # [B]
+    seq_reward = rewards.sum(-1).clamp(-clip, clip)  # [B]
+    seq_entropy = (entropy * weight).sum(-1) / weight.sum(-1).clamp(min=1)  # [B]
+    loss = (-seq_logp * seq_reward - entropy_coef * seq_entropy).mean()
+    n = weight.sum().clamp(min=1)
+    return loss, {"reward": float(rewards.sum() / n), "entropy": float((entropy.detach() * weight).sum() / n)}
+
+
+# ============================================================================ trainer
+@dataclass
+class StageRecord:
+    """What one stage did: wall time, steps, sequences seen, and its curve."""
+
+    name: str
+    wall_s: float = 0.0
+    steps: int = 0
+    sequences: int = 0
+    stopped: str = ""
+    curve: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] = field(default_factory=dict)
+
+
+class LogLLaMATrainer:
+    """Runs the LM and RL stages on a `LogLLaMADetector` (in place; keeps the best weights)."""
+
+    def __init__(
+        self, config: LogLLaMATrainConfig, detector: LogLLaMADetector, data: KeyedData, show_progress: bool = True
+    ) -> None:
+        self.config = config
+        self.detector = detector
+        self.model = detector.model
+        self.data = data
+        self.rng = np.random.default_rng(config.seed)
+        self.show_progress = show_progress
+        self.reward_k = detector.k if config.rl.k is None else min(config.rl.k, detector.k_requested)
+
+    def _bar(self, total: int, desc: str) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="seq", file=sys.stderr, disable=None if self.show_progress else True)
+
+    # ---------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Count-weighted validation metrics: next-key NLL, Top-K hit rate of checked targets,
+        REINFORCE loss (the RL stage's early-stopping quantity) and detection false-positive rate."""
+        self.model.eval()
+        cfg = self.config.rl
+        totals = {"nll": 0.0, "targets": 0.0, "hits": 0.0, "checked": 0.0, "rl_loss": 0.0, "seqs": 0.0, "flagged": 0.0}
+        seqs, counts = self.data.val, self.data.val_counts
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        bs = max(self.config.runtime.batch_size, 1)
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            batch = self.model.make_batch([seqs[i] for i in idx])
+            logits = self.model(batch)
+            w = torch.tensor([counts[i] for i in idx], dtype=torch.float, device=logits.device)
+            targets = batch.targets.masked_fill(batch.targets == self.model.unk, IGNORE)
+            nll = nn.functional.cross_entropy(
+                logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none"
+            )  # [B, L]
+            valid = (targets != IGNORE).float()
+            totals["nll"] += float((nll * valid).sum(-1) @ w)
+            totals["targets"] += float(valid.sum(-1) @ w)
+            outside = outside_topk(logits.reshape(-1, logits.shape[-1]), batch.targets.clamp(min=0).reshape(-1), self.detector.k)
+            outside = outside.reshape(batch.targets.shape) & batch.checked
+            totals["hits"] += float((batch.checked & ~outside).float().sum(-1) @ w)
+            totals["checked"] += float(batch.checked.float().sum(-1) @ w)
+            totals["flagged"] += float(outside.any(-1).float() @ w)
+            rewarded = reward_mask(batch.targets, batch.checked, self.model.unk, cfg.prompt_fraction)
+            for row in range(len(idx)):
+                loss, _ = reinforce_loss(
+                    logits[row : row + 1], batch.targets[row : row + 1], rewarded[row : row + 1],
+                    self.reward_k, cfg.reward_clip, cfg.entropy_coef,
+                )
+                totals["rl_loss"] += float(loss) * counts[idx[row]]
+            totals["seqs"] += float(w.sum())
+        return {
+            "val_nll": totals["nll"] / max(totals["targets"], 1),
+            "val_topk_hit": totals["hits"] / max(totals["checked"], 1),
+            "val_rl_loss": totals["rl_loss"] / max(totals["seqs"], 1),
+            "val_false_positive_rate": totals["flagged"] / max(totals["seqs"], 1),
+        }
+
+    # ---------------------------------------------------------------- stage: lm
+    def train_lm(self, on_step: Callable[[int, float], None] | None = None) -> StageRecord:
+        """Next-key cross-entropy; keeps the weights with the lowest validation NLL."""
+        cfg = self.config.lm
+        record = StageRecord("lm")
+        started = time.perf_counter()
+        model = self.model
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": model.lora_parameters(), "lr": cfg.lr},
+                {"params": model.key_parameters(), "lr": cfg.key_lr, "weight_decay": 0.0},
+            ]
+        )
+        best = self.validate()
+        best_state = model.trainable_state()
+        record.curve.append({"step": 0, **best})
+        stale = 0
+        ema: float | None = None
+        seqs = self.data.train
+        planned = cfg.epochs * math.ceil(len(seqs) / cfg.batch_size)
+        planned = planned if cfg.max_steps is None else min(planned, cfg.max_steps)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
+        decay_every = max(planned // cfg.lr_decays, 1)
+        total = min(cfg.epochs * len(seqs), planned * cfg.batch_size)
+        with self._bar(total, "logllama lm") as bar:
+            for epoch in range(cfg.epochs):
+                batches = _length_batches(seqs, cfg.batch_size, self.rng)
+                for n, idx in enumerate(batches):
+                    model.train()
+                    batch = model.make_batch([seqs[i] for i in idx])
+                    loss = model.next_key_loss(model(batch), batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    record.steps += 1
+                    record.sequences += len(idx)
+                    if record.steps % decay_every == 0:
+                        scheduler.step()
+                    value = loss.item()
+                    ema = value if ema is None else 0.9 * ema + 0.1 * value
+                    bar.update(len(idx))
+                    bar.set_postfix(loss=f"{ema:.3f}")
+                    if on_step:
+                        on_step(record.steps, value)
+                    last_of_epoch = n == len(batches) - 1
+                    out_of_steps = cfg.max_steps is not None and record.steps >= cfg.max_steps
+                    if record.steps % cfg.eval_every and not last_of_epoch and not out_of_steps:
+                        continue
+                    metrics = self.validate()
+                    record.curve.append(
+                        {"step": record.steps, "epoch": epoch, "lr": scheduler.get_last_lr()[0], "train_loss_ema": ema, **metrics}
+                    )
+                    log.info("lm step %d: %s", record.steps, metrics)
+                    if metrics["val_nll"] < best["val_nll"]:
+                        best, best_state, stale = metrics, model.trainable_state(), 0
+                    else:
+                        stale += 1
+                    if out_of_steps:
+                        record.stopped = f"max_steps {cfg.max_steps}"
+                        break
+                    if stale >= cfg.patience:
+                        record.stopped = f"no validation gain in {stale} checks"
+                        break
+                if record.stopped:
+                    break
+        record.stopped = record.stopped or f"{cfg.epochs} epochs"
+        model.load_trainable_state(best_state)
+        model.eval()
+        record.best = best
+        record.wall_s = time.perf_counter() - started
+        return record
+
+    # ---------------------------------------------------------------- stage: rl
+    def train_rl(self, likelihood_control_episodes: int | None = None) -> StageRecord:
+        """REINFORCE or PPO episodes; LogGPT's early stopping on the validation RL loss.
+
+        With `likelihood_control_episodes`, the control instead: exactly that many episodes of
+        the same shape with the plain next-key loss, keeping the best by validation NLL.
+        """
+        cfg = self.config.rl
+        control = likelihood_control_episodes is not None
+        record = StageRecord("lm-continued" if control else f"rl-{cfg.algorithm}")
+        criterion = "val_nll" if control else "val_rl_loss"
+        episodes = likelihood_control_episodes if likelihood_control_episodes is not None else cfg.episodes
+        started = time.perf_counter()
+        model = self.model
+        params = [
+            {"params": model.lora_parameters(), "lr": cfg.lr},
+            {"params": model.key_parameters(), "lr": cfg.key_lr, "weight_decay": 0.0},
+        ]
+        value_head: nn.Linear | None = None
+        reference: dict[str, torch.Tensor] | None = None
+        if cfg.algorithm == "ppo" and not control:
+            value_head = nn.Linear(model.dim, 1).to(model.placement.device)
+            params.append({"params": list(value_head.parameters()), "lr": cfg.ppo.value_lr})
+            reference = model.trainable_state()
+        optimizer = torch.optim.AdamW(params)
+        initial = self.validate()
+        best, best_state = initial, model.trainable_state()
+        last = initial[criterion]
+        record.curve.append({"episode": 0, **initial})
+        stale = 0
+        seqs = self.data.train
+        per_episode = min(cfg.sequences_per_episode or len(seqs), len(seqs))
+        with self._bar(per_episode * episodes, f"logllama {record.name}") as bar:
+            for episode in range(1, episodes + 1):
+                chosen = self.rng.permutation(len(seqs))[:per_episode]
+                subset = [seqs[i] for i in chosen]
+                stats: list[dict[str, float]] = []
+                for idx in _length_batches(subset, cfg.batch_size, self.rng):
+                    batch = model.make_batch([subset[i] for i in idx])
+                    if control:
+                        stats.append(self.likelihood_step(batch, optimizer))
+                    elif value_head is None:
+                        stats.append(self.reinforce_step(batch, optimizer))
+                    else:
+                        assert reference is not None
+                        stats.append(self.ppo_step(batch, optimizer, value_head, reference))
+                    record.steps += 1
+                    record.sequences += len(idx)
+                    bar.update(len(idx))
+                    bar.set_postfix(reward=f"{stats[-1]['reward']:.3f}")
+                metrics = self.validate()
+                current = metrics[criterion]
+                train_reward = float(np.mean([s["reward"] for s in stats])) if stats else 0.0
+                record.curve.append({"episode": episode, "train_reward": train_reward, **metrics})
+                log.info("%s episode %d: %s", record.name, episode, metrics)
+                if current <= best[criterion]:
+                    best, best_state = metrics, model.trainable_state()
+                if control:
+                    continue
+                # LogGPT: an episode whose relative validation gain is below 1% is stale; stop after >3.
+                if (last - current) / (abs(current) + 1e-7) < cfg.min_relative_gain:
+                    stale += 1
+                last = current
+                if stale > cfg.patience:
+                    record.stopped = f"early stop after episode {episode} ({stale} stale episodes)"
+                    break
+        record.stopped = record.stopped or f"{episodes} episodes"
+        model.load_trainable_state(best_state)
+        model.eval()
+        record.best = best
+        record.wall_s = time.perf_counter() - started
+        return record
+
+    def likelihood_step(self, batch: Any, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """The control's step: next-key cross-entropy (reward reported for comparison only)."""
+        model = self.model
+        model.train()
+        logits = model(batch)
+        loss = model.next_key_loss(logits, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        rewarded = reward_mask(batch.targets, batch.checked, model.unk, self.config.rl.prompt_fraction)
+        rewards = topk_rewards(logits.detach(), batch.targets, self.reward_k) * rewarded
+        return {"loss": loss.item(), "reward": float(rewards.sum() / rewarded.sum().clamp(min=1))}
+
+    def reinforce_step(self, batch: Any, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        cfg = self.config.rl
+        model = self.model
+        model.train()
+        rewarded = reward_mask(batch.targets, batch.checked, model.unk, cfg.prompt_fraction)
+        loss, stats = reinforce_loss(model(batch), batch.targets, rewarded, self.reward_k, cfg.reward_clip, cfg.entropy_coef)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.item(), **stats}
+
+    def ppo_step(
+        self, batch: Any, optimizer: torch.optim.Optimizer, value_head: nn.Linear, reference: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        cfg, ppo = self.config.rl, self.config.rl.ppo
+        model = self.model
+        # Dropout off throughout, so the policy ratio is 1 before the first update.
+        model.eval()
+        rewarded = reward_mask(batch.targets, batch.checked, model.unk, cfg.prompt_fraction)
+        targets = batch.targets.clamp(min=0)
+        with torch.no_grad():
+            current = model.trainable_state()
+            model.load_trainable_state(reference)
+            ref_logp, _ = _candidate_log_probs(model(batch))
+            model.load_trainable_state(current)
+            hidden = model.hidden(batch)
+            old_logits = model.key_logits(hidden)
+            old_logp = torch.log_softmax(old_logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            rewards = topk_rewards(old_logits, batch.targets, self.reward_k) * rewarded
+            returns = torch.zeros_like(rewards)
+            running = torch.zeros(rewards.shape[0], device=rewards.device)
+            for t in range(rewards.shape[1] - 1, -1, -1):
+                running = rewards[:, t] + ppo.gamma * running * rewarded[:, t]
+                returns[:, t] = running
+            returns = returns.clamp(-cfg.reward_clip, cfg.reward_clip)
+            advantage = returns - value_head(hidden).squeeze(-1)
+            sel = advantage[rewarded]
+            advantage = (advantage - sel.mean()) / (sel.std() + 1e-6) if sel.numel() > 1 else advantage
+        weight = rewarded.float()
+        n = weight.sum().clamp(min=1)
+        for _ in range(ppo.epochs):
+            hidden = model.hidden(batch)
+            logits = model.key_logits(hidden)
+            logp, entropy = _candidate_log_probs(logits)
+            new_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            ratio = torch.exp((new_logp - old_logp).masked_fill(~rewarded, 0.0))
+            surrogate = torch.min(ratio * advantage, ratio.clamp(1 - ppo.clip_eps, 1 + ppo.clip_eps) * advantage)
+            finite = torch.isfinite(logp)
+            kl = (logp.exp() * (logp - ref_logp).masked_fill(~finite, 0.0)).sum(-1)  # KL(policy || reference)
+            value = value_head(hidden.detach()).squeeze(-1)
+            loss = (
+                -(surrogate * weight).sum() / n
+                + ppo.value_coef * (((value - returns) ** 2) * weight).sum() / n
+                + ppo.kl_coef * (kl * weight).sum() / n
+                - cfg.entropy_coef * (entropy * weight).sum() / n
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return {"loss": loss.item(), "reward": float(rewards.sum() / n), "kl": float((kl.detach() * weight).sum() / n)}
+
+
+# ============================================================================ entry points
+def _metrics_of(detector: LogLLaMADetector, test: Sequence[LabelledSequence], name: str) -> dict[str, Any]:
+    from training.evaluate import score_sequences
+
+    evaluation = score_sequences(
+        detector, name, [s.key for s in test], [list(s.messages) for s in test], [s.label for s in test]
+    )
+    unk = detector.keymap.unk
+    with_unk = [any(k == unk for k in detector.keymap.keys_of(s.messages)) for s in test]
+    return {
+        **evaluation.summary(),
+        "k": detector.k,
+        "anomalous_with_unseen_key": sum(w for w, s in zip(with_unk, test, strict=True) if s.label),
+        "normal_with_unseen_key": sum(w for w, s in zip(with_unk, test, strict=True) if not s.label),
+    }
+
+
+def train_logllama(
+    config: LogLLaMATrainConfig, dataset: Dataset | None = None, show_progress: bool = True
+) -> Path:
+    """Train LogLLaMA as configured; returns the final detector folder (``<output>/detector``).
+
+    Side effects: writes ``without_rl/`` (when the RL stage runs), ``detector/``,
+    ``training.json`` and, with `config.evaluate`, ``report.json`` under `config.output`.
+
+    Raises:
+        UserError: bad data or configuration (see `prepare_data`, `LogLLaMATrainConfig`).
+    """
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    data = prepare_data(config, dataset)
+    detector = LogLLaMADetector.create(config.architecture, data.keymap, config.detection_k, config.runtime, config.seed)
+    trainer = LogLLaMATrainer(config, detector, data, show_progress)
+    out = config.output
+    out.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {"config": config.model_dump(mode="json"), "data": data.summary, "stages": {}}
+    lm = trainer.train_lm()
+    record["stages"]["lm"] = lm.__dict__
+    folders = {}
+    after_lm = None
+    draws: dict[str, Any] = {}
+    if config.rl.enabled:
+        folders["without_rl"] = out / "without_rl"
+        detector.save(folders["without_rl"], {"stages": ["lm"], "lm": lm.best, "data": data.summary})
+        after_lm = detector.model.trainable_state()
+        draws = trainer.rng.bit_generator.state  # the control replays the RL stage's sequence draws
+        rl = trainer.train_rl()
+        record["stages"]["rl"] = rl.__dict__
+    folders["detector"] = out / "detector"
+    stages_run = ["lm", *(["rl"] if config.rl.enabled else [])]
+    best = {name: record["stages"][name]["best"] for name in record["stages"]}
+    detector.save(folders["detector"], {"stages": stages_run, "best": best, "data": data.summary, "algorithm": config.rl.algorithm})
+    if after_lm is not None and config.rl.control:
+        detector.model.load_trainable_state(after_lm)
+        trainer.rng.bit_generator.state = draws
+        control = trainer.train_rl(likelihood_control_episodes=len(record["stages"]["rl"]["curve"]) - 1)
+        record["stages"]["lm_continued"] = control.__dict__
+        folders["lm_continued"] = out / "lm_continued"
+        detector.save(folders["lm_continued"], {"stages": ["lm", "lm-continued"], "best": control.best, "data": data.summary})
+    record["folders"] = {k: str(v) for k, v in folders.items()}
+    record["wall_s"] = time.perf_counter() - started
+    (out / "training.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    if config.evaluate:
+        from model.detector import load_detector
+
+        report: dict[str, Any] = {"split": data.summary["split"], "k": detector.k, "n_keys": data.keymap.n_keys}
+        names = {"detector": "with_rl" if config.rl.enabled else "without_rl", "without_rl": "without_rl",
+                 "lm_continued": "lm_continued"}
+        for folder_name, folder in folders.items():
+            scored = load_detector(folder, config.runtime)
+            assert isinstance(scored, LogLLaMADetector)
+            report[names[folder_name]] = _metrics_of(scored, data.test, f"logllama-{names[folder_name]}")
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        log.info("logllama report: %s", {k: v for k, v in report.items() if k != "split"})
+    return folders["detector"]
+
+
+
+# ============================================================================ command line
+def config_selects_logllama(path: Path) -> bool:
+    """Whether a `logllm train --config` file has top-level ``detector = "logllama"`` (an
+    unreadable file is left to the LogLLM loader, which reports it)."""
+    try:
+        text = path.read_text()
+        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return isinstance(raw, dict) and raw.get("detector") == "logllama"
+
+
+def run_train_command(args: Any) -> int:
+    """`logllm train --config X` for a LogLLaMA config: --output, --no-eval and --threads apply;
+    every run starts fresh (LogLLaMA runs are short and keep no resumable checkpoint)."""
+    overrides: dict[str, Any] = {}
+    if args.output is not None:
+        overrides["output"] = str(args.output)
+    if args.no_eval:
+        overrides["evaluate"] = False
+    config = load_logllama_config(args.config, overrides)
+    if args.threads is not None:
+        config.runtime = config.runtime.model_copy(update={"threads": args.threads})
+    folder = train_logllama(config)
+    print(f"logllm train: LogLLaMA detector written to {folder}", file=sys.stderr)
+    report_path = config.output / "report.json"
+    if config.evaluate and report_path.exists():
+        report = json.loads(report_path.read_text())
+        for name in ("without_rl", "with_rl", "lm_continued"):
+            if name in report:
+                r = report[name]
+                print(
+                    f"logllm train: logllama {name}: P {r['precision']:.4f} R {r['recall']:.4f} F1 {r['f1']:.4f} "
+                    f"(K {report['k']})",
+                    file=sys.stderr,
+                )
+    return 0
