@@ -13,15 +13,9 @@ node-start: bootstrap
 node-stop:
 	@$(PY) -m enricher.localnode stop
 
-# Until a trained detector ships, the demo scores HDFS blocks with an untrained small detector.
+# Starts the local node, loads a real HDFS sample, runs the worker once with the shipped detector.
 demo: bootstrap
-	@test -f .state/untrained-small/manifest.json || $(PY) -c "from pathlib import Path; \
-	from model.logllm import LogLLMArchitecture; from model.logllm_detector import LogLLMDetector; \
-	from model.backbones import DEFAULT_ENCODER, DEFAULT_DECODER; \
-	LogLLMDetector.create(LogLLMArchitecture(encoder=DEFAULT_ENCODER, decoder=DEFAULT_DECODER)).save(Path('.state/untrained-small'))"
-	$(VENV)/bin/logllm score --model .state/untrained-small --format hdfs \
-	  $$($(PY) -c "from training.shared_data import HDFS_HEAD20K; print(HDFS_HEAD20K)") -o .state/demo-scores.jsonl
-	@echo "scores written to .state/demo-scores.jsonl"
+	$(VENV)/bin/logllm demo
 
 test: bootstrap node-start
 	$(VENV)/bin/ruff check enricher model training dashboards tests benchmarks

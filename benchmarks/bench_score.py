@@ -6,7 +6,7 @@ Each mode runs in its own process so peak RSS is per mode:
 - warm_cache: the same process scores all blocks again;
 - subset_cold: fresh caches on the same subset as no_cache, for a like-for-like ratio.
 
-    python benchmarks/bench_score.py --model DIR [--subset 1000] [--batch-size 16]
+    python benchmarks/bench_score.py [--model DIR] [--subset 1000] [--batch-size 16]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import peak_rss_mb, write_result  # noqa: E402
+from model.folder import SHIPPED_MODEL_DIR  # noqa: E402
 from model.preprocess import HDFS_BLOCK_ID, LogLine, iter_log_lines, sessions_by_key  # noqa: E402
 from training.shared_data import HDFS_2PCT  # noqa: E402
 
@@ -89,7 +90,7 @@ def run_child(args: argparse.Namespace, mode: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="detector folder")
+    parser.add_argument("--model", type=Path, default=SHIPPED_MODEL_DIR, help="detector folder (default: the shipped one)")
     parser.add_argument("--subset", type=int, default=1000, help="blocks for the no_cache / subset_cold runs")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--mode", choices=("cached", "no_cache", "subset_cold"), help=argparse.SUPPRESS)

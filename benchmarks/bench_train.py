@@ -97,11 +97,8 @@ def run_training(name: str, config: TrainConfig) -> dict[str, Any]:
     if report.exists() and (output / "config.json").exists():
         # A run made outside this script (e.g. the shipped model's `logllm train`): reuse it when
         # it was trained with the same recipe; its stage times come from its metrics.
-        previous = TrainConfig.model_validate_json((output / "config.json").read_text())
-        if previous.digest() == config.digest():
-            stages = _stages(output)
-            record = {"digest": config.digest(), "wall_s": round(sum(s["wall_s"] for s in stages.values()), 1),
-                      "note": "reused run; wall_s = sum of stage wall times (training only)"}
+        record = reused_run_record(config)
+        if record is not None:
             done_marker.write_text(json.dumps(record))
             return record
     output.mkdir(parents=True, exist_ok=True)
@@ -124,6 +121,17 @@ def run_training(name: str, config: TrainConfig) -> dict[str, Any]:
     }
     done_marker.write_text(json.dumps(record))
     return record
+
+
+def reused_run_record(config: TrainConfig) -> dict[str, Any] | None:
+    """The record of a finished run made outside this script with the same recipe (its stage
+    times come from its metrics), or None when the run folder holds another recipe."""
+    previous = TrainConfig.model_validate_json((config.output / "config.json").read_text())
+    if previous.digest() != config.digest():
+        return None
+    stages = _stages(config.output)
+    return {"digest": config.digest(), "wall_s": round(sum(s["wall_s"] for s in stages.values()), 1),
+            "note": "reused run; wall_s = sum of stage wall times (training only)"}
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, Any]:
@@ -178,14 +186,24 @@ def main() -> None:
     parser.add_argument("--full-run", type=Path, help="reuse this run folder as the full run (e.g. the shipped model's)")
     parser.add_argument("--jobs", type=int, default=1, help="training runs at a time (each uses runtime.threads)")
     parser.add_argument("--only", nargs="*", help="run only these experiments (full, fraction-0.05, ..., unseen)")
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="train nothing: write the results from the runs that have finished (the others are listed as not run)",
+    )
     args = parser.parse_args()
 
     configs = experiment_configs(args.dataset, args.runs / args.dataset, args.full_run)
-    todo = {k: v for k, v in configs.items() if not args.only or k in args.only}
+    todo = {k: v for k, v in configs.items() if (not args.only or k in args.only) and not args.report_only}
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = dict(zip(todo, pool.map(lambda item: run_training(*item), todo.items()), strict=True))
     if args.only:
         return
+    for name, cfg in configs.items():
+        marker = cfg.output / "bench_done.json"
+        if name not in runs and marker.exists():
+            runs[name] = json.loads(marker.read_text())
+        elif name not in runs and (cfg.output / "config.json").exists():
+            runs[name] = reused_run_record(cfg) or {}
 
     # An experiment that was not run (CPU budget) is reported as such, never filled in.
     reports = {
@@ -202,7 +220,7 @@ def main() -> None:
         for fraction, name in [(f, f"fraction-{f:g}") for f in FRACTIONS] + [(1.0, "full")]
         if name in reports
     ]
-    unseen_block: dict[str, Any] = {"held_out": HOLD_OUT[args.dataset]}
+    unseen_block: dict[str, Any] = {"held_out": HOLD_OUT[args.dataset], "logllm_f1": None, "baseline_f1": None}
     if "unseen" in reports:
         unseen = reports["unseen"]
         unseen_block |= {
@@ -266,7 +284,7 @@ def _markdown(dataset: str, p: dict[str, Any]) -> str:
     )
     u = p["unseen_templates"]
     held = ", ".join(f"`{h}`" for h in u["held_out"])
-    if "logllm" in u:
+    if u["logllm_f1"] is not None:
         unseen = f"""Unseen templates: training drops every sequence with a message matching {held} ({u['train_removed']} sequences); the test set is the {u['test_sequences']} test sequences that contain one ({u['test_anomalous']} anomalous).
 
 | detector (held-out-template test set) | precision | recall | F1 | TP | FP | FN | TN |
@@ -275,7 +293,7 @@ def _markdown(dataset: str, p: dict[str, Any]) -> str:
 {row('baseline: drain3 + decision tree', u['baseline'])}
 """
     else:
-        unseen = f"Unseen templates (held out: {held}): not run."
+        unseen = f"Unseen templates (held out: {held}): not run.\n"
     not_run = (
         f"Not run within this session's CPU budget: {', '.join(p['not_run'])} (each is a ~40-60 min training run on "
         f"this 2-core machine; `python benchmarks/bench_train.py --dataset {dataset}` runs them, resumably)."

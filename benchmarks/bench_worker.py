@@ -11,58 +11,30 @@ minimum is the best estimate of each one's own cost. overhead_ratio = worker_s /
 
     python benchmarks/bench_worker.py [--model DIR] [--lines 3000] [--batch-groups N] [--repeat 4]
 
-Without --model an untrained small detector is created (as `make demo` does): its labels mean
-nothing, but its cost is that of the trained one (same architecture, same work).
+Without --model it runs the shipped detector, as the worker does by default.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import peak_rss_mb, write_result  # noqa: E402
+from benchmarks.common import ingest_hdfs_lines, peak_rss_mb, write_result  # noqa: E402
 from enricher.localnode import ensure_running  # noqa: E402
-from training.shared_data import HDFS_2PCT  # noqa: E402
+from model.folder import SHIPPED_MODEL_DIR  # noqa: E402
 
 PREFIX = "bench-worker-"
 
 
 def ingest(client: Any, index: str, lines: int) -> int:
-    from opensearchpy import helpers
-
-    from model.preprocess import parse_line
-
     client.indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
-    client.indices.create(
-        index=index,
-        body={
-            "settings": {"number_of_shards": 1, "number_of_replicas": 0},
-            "mappings": {
-                "properties": {
-                    "@timestamp": {"type": "date", "format": "yyMMdd HHmmss"},
-                    "message": {"type": "text"},
-                }
-            },
-        },
-    )
-    with HDFS_2PCT.open(encoding="utf-8") as log:
-        raw = [line.rstrip("\n") for line in itertools.islice(log, lines)]
-    actions = []
-    for number, line in enumerate(raw, start=1):
-        parsed = parse_line(line, number, "hdfs")
-        assert parsed is not None
-        actions.append({"_index": index, "_id": str(number), "_source": {"@timestamp": line[:13], "message": parsed.message}})
-    helpers.bulk(client, actions, chunk_size=2000)
-    client.indices.refresh(index=index)
-    return len(actions)
+    return ingest_hdfs_lines(client, index, lines)
 
 
 def groups_written(client: Any, settings: Any) -> list[list[str]]:
@@ -115,7 +87,7 @@ def warm(detector: Any) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="detector folder (default: a fresh untrained small detector)")
+    parser.add_argument("--model", type=Path, default=SHIPPED_MODEL_DIR, help="detector folder (default: the shipped one)")
     parser.add_argument("--lines", type=int, default=3000, help="first N lines of HDFS_2pct.log")
     parser.add_argument("--repeat", type=int, default=4, help="alternating rounds of worker and pure scoring")
     parser.add_argument("--batch-groups", type=int, help="scoring.batch_groups of the worker (default: the setting's)")
@@ -138,47 +110,39 @@ def main() -> None:
     url = ensure_running()
     client = OpenSearch(hosts=[url], timeout=120)
     runtime = RuntimeSettings(threads=args.threads)
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = args.model
-        if folder is None:
-            from model.backbones import DEFAULT_DECODER, DEFAULT_ENCODER
-            from model.logllm import LogLLMArchitecture
-            from model.logllm_detector import LogLLMDetector
-
-            folder = Path(scratch) / "untrained-small"
-            LogLLMDetector.create(LogLLMArchitecture(encoder=DEFAULT_ENCODER, decoder=DEFAULT_DECODER), runtime).save(folder)
-        settings = load_settings(
-            opensearch={"hosts": [url], "timeout_s": 120},
-            source={"index": f"{PREFIX}logs", "page_size": 1000},
-            grouping={"mode": "session", "inactivity_gap_s": 600},
-            scoring={"model_dir": folder, **({"batch_groups": args.batch_groups} if args.batch_groups else {})},
-            runtime=runtime.model_dump(),
-            sink={"results_index": f"{PREFIX}results", "dead_letter_index": f"{PREFIX}dead"},
-            state={"index": f"{PREFIX}state", "worker_name": "bench"},
-        )
-        worker_runs: list[tuple[float, float]] = []  # (pass seconds, of which inside detector.score)
-        pure_runs: list[float] = []
-        groups: list[list[str]] = []
-        for round_number in range(args.repeat):
-            # Alternate which goes first, so a drift in background load favours neither (the
-            # first round runs the worker first: its results give the groups to score).
-            order = ("worker", "pure") if round_number % 2 == 0 else ("pure", "worker")
-            for what in order:
-                detector = load_detector(folder, runtime)  # fresh: cold caches
-                warm(detector)
-                if what == "worker":
-                    docs = ingest(client, settings.source.index, args.lines)  # nothing labelled yet
-                    summary, elapsed, scoring = run_worker(settings, detector)
-                    assert summary.docs_labelled == docs, summary
-                    worker_runs.append((elapsed, scoring))
-                    distinct = int(detector.cache_stats()["verdict"]["misses"]) - 1  # minus the warm-up
-                    groups = groups or groups_written(client, settings)
-                else:
-                    started = time.perf_counter()
-                    detector.score(groups)
-                    pure_runs.append(time.perf_counter() - started)
-                version = detector.version
-        client.indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
+    folder = args.model
+    settings = load_settings(
+        opensearch={"hosts": [url], "timeout_s": 120},
+        source={"index": f"{PREFIX}logs", "page_size": 1000},
+        grouping={"mode": "session", "inactivity_gap_s": 600},
+        scoring={"model_dir": folder, **({"batch_groups": args.batch_groups} if args.batch_groups else {})},
+        runtime=runtime.model_dump(),
+        sink={"results_index": f"{PREFIX}results", "dead_letter_index": f"{PREFIX}dead"},
+        state={"index": f"{PREFIX}state", "worker_name": "bench"},
+    )
+    worker_runs: list[tuple[float, float]] = []  # (pass seconds, of which inside detector.score)
+    pure_runs: list[float] = []
+    groups: list[list[str]] = []
+    for round_number in range(args.repeat):
+        # Alternate which goes first, so a drift in background load favours neither (the
+        # first round runs the worker first: its results give the groups to score).
+        order = ("worker", "pure") if round_number % 2 == 0 else ("pure", "worker")
+        for what in order:
+            detector = load_detector(folder, runtime)  # fresh: cold caches
+            warm(detector)
+            if what == "worker":
+                docs = ingest(client, settings.source.index, args.lines)  # nothing labelled yet
+                summary, elapsed, scoring = run_worker(settings, detector)
+                assert summary.docs_labelled == docs, summary
+                worker_runs.append((elapsed, scoring))
+                distinct = int(detector.cache_stats()["verdict"]["misses"]) - 1  # minus the warm-up
+                groups = groups or groups_written(client, settings)
+            else:
+                started = time.perf_counter()
+                detector.score(groups)
+                pure_runs.append(time.perf_counter() - started)
+            version = detector.version
+    client.indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
 
     worker_s, scoring_in_worker_s = min(worker_runs)
     pure_s = min(pure_runs)

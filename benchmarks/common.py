@@ -7,6 +7,7 @@ figures in both are the ones the script measured.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -73,6 +74,36 @@ def write_result(name: str, payload: dict[str, Any], markdown: str) -> Path:
     )
     _replace_section(name, header + markdown.strip() + "\n")
     return path
+
+
+def ingest_hdfs_lines(client: Any, index: str, lines: int, *, shards: int = 1) -> int:
+    """Create `index` (`shards` primaries, no replicas) and bulk-index the first `lines` lines of
+    HDFS_2pct.log into it, refreshed: _id = line number, the log's own timestamp, the message
+    content. Returns the number of documents."""
+    from opensearchpy import helpers
+
+    from model.preprocess import parse_line
+    from training.shared_data import HDFS_2PCT
+
+    client.indices.create(
+        index=index,
+        body={
+            "settings": {"number_of_shards": shards, "number_of_replicas": 0},
+            "mappings": {
+                "properties": {"@timestamp": {"type": "date", "format": "yyMMdd HHmmss"}, "message": {"type": "text"}}
+            },
+        },
+    )
+    with HDFS_2PCT.open(encoding="utf-8") as log:
+        raw = [line.rstrip("\n") for line in itertools.islice(log, lines)]
+    actions = []
+    for number, line in enumerate(raw, start=1):
+        parsed = parse_line(line, number, "hdfs")
+        assert parsed is not None
+        actions.append({"_index": index, "_id": str(number), "_source": {"@timestamp": line[:13], "message": parsed.message}})
+    helpers.bulk(client, actions, chunk_size=2000)
+    client.indices.refresh(index=index)
+    return len(actions)
 
 
 def _replace_section(name: str, body: str) -> None:

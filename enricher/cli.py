@@ -18,8 +18,10 @@ from model.errors import UserError
 
 # Modules that define a `register(subparsers)` function, in the order their commands are listed.
 COMMAND_MODULES: tuple[str, ...] = (
+    "enricher.demo",
     "model.cli",
     "enricher.commands",
+    "enricher.backfill",
     "enricher.localnode",
     "enricher.systemd.commands",
     "training.cli",

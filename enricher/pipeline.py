@@ -112,7 +112,7 @@ class _State:
     dead_seen: int = 0  # dead letters met in this pass so far (reading thread only)
 
 
-class _Prefetch:
+class Prefetch:
     """Iterates `pages` in a thread, at most `depth` pages ahead, so the next page arrives while
     this one is grouped and scored. Errors surface in the consuming thread."""
 
@@ -315,7 +315,7 @@ class Worker:
     ) -> None:
         closed: list[Group] = []
         dead: list[DeadLetter] = []
-        pages = _Prefetch(
+        pages = Prefetch(
             self.source.read(state.resume_from, before_ms, self.options.start_at_ms), PREFETCH_PAGES
         )
         try:
