@@ -16,7 +16,7 @@ from opensearchpy.exceptions import ConflictError
 
 from enricher.client import Retrier, ensure_index
 from enricher.interfaces import CheckpointConflict
-from enricher.types import Checkpoint, OpenGroupState, Position, Version
+from enricher.types import Checkpoint, OpenGroupState, Position, Version, write_preconditions
 
 STATE_MAPPING: dict[str, Any] = {
     "dynamic": False,
@@ -119,10 +119,7 @@ class OpenSearchCheckpointStore:
             "nonce": nonce,
             "state": checkpoint_to_json(checkpoint),
         }
-        if expected is None:
-            params: dict[str, Any] = {"op_type": "create"}
-        else:
-            params = {"if_seq_no": expected.seq_no, "if_primary_term": expected.primary_term}
+        params = write_preconditions(expected)
         try:
             response = self.retrier.call(
                 f"save checkpoint {checkpoint.checkpoint_id}",

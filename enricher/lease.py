@@ -24,7 +24,7 @@ from opensearchpy.exceptions import ConflictError
 
 from enricher.client import Retrier
 from enricher.interfaces import LeaseLost, LeaseStatus
-from enricher.types import Version
+from enricher.types import Version, write_preconditions
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,7 @@ class OpenSearchLease:
             "updated_ms": self._now_ms(),
             "nonce": nonce,
         }
-        if expected is None:
-            params: dict[str, Any] = {"op_type": "create"}
-        else:
-            params = {"if_seq_no": expected.seq_no, "if_primary_term": expected.primary_term}
+        params = write_preconditions(expected)
         try:
             response = self.retrier.call(
                 "write lease",

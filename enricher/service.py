@@ -258,7 +258,8 @@ def load_worker_detector(settings: Settings) -> Detector:
     """
     folder = settings.scoring.model_dir
     try:
-        return load_detector(folder, settings.runtime)
+        expect = None if settings.scoring.detector == "auto" else settings.scoring.detector
+        return load_detector(folder, settings.runtime, expect)
     except UserError as error:
         hint = (
             " (the shipped detector is not installed yet: train one with `logllm train`, or point the setting "

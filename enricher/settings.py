@@ -204,6 +204,11 @@ class GroupingSettings(_Section):
 
 class ScoringSettings(_Section):
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="detector folder (manifest.json + weights)")
+    detector: Literal["auto", "logllm", "logllama"] = Field(
+        "auto",
+        description="which detector model_dir must hold (LogLLM: labelled training; LogLLaMA: label-free); "
+        "auto = whichever its manifest names",
+    )
     batch_groups: int = Field(
         256,
         ge=1,

@@ -158,6 +158,14 @@ class Version:
     primary_term: int
 
 
+def write_preconditions(expected: Version | None) -> dict[str, Any]:
+    """Params of an optimistic index request: create the document if none was read (`expected`
+    None), else overwrite it only while it is still at the version read."""
+    if expected is None:
+        return {"op_type": "create"}
+    return {"if_seq_no": expected.seq_no, "if_primary_term": expected.primary_term}
+
+
 @dataclass(frozen=True)
 class ScoredGroup:
     """A group with the detector's verdict and the time it was scored (ISO 8601, UTC)."""

@@ -235,33 +235,35 @@ def _quiet_transformers() -> None:
 
 def load_encoder(ref: str, placement: Placement) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a BERT-style encoder and its tokenizer (lower-cased as bert-base-uncased expects)."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    path = resolve_model(ref)
-    _quiet_transformers()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path, **_load_kwargs(placement))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load encoder {ref!r} from {path}: {exc}") from exc
-    if not placement.quantize_4bit:
-        model.to(placement.device)
-    return model, tokenizer
+    return _load_pretrained(ref, placement, AutoModel, "encoder")
 
 
 def load_decoder(ref: str, placement: Placement) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a Llama-style causal LM and its tokenizer; pad falls back to EOS (Llama-3 has none)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = _load_pretrained(ref, placement, AutoModelForCausalLM, "decoder")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _load_pretrained(
+    ref: str, placement: Placement, auto_class: Any, role: Literal["encoder", "decoder"]
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the model at `ref` with `auto_class` (an `AutoModel*`) and its tokenizer, placed on
+    `placement`'s device (4-bit models are already placed by `device_map` as they load)."""
+    from transformers import AutoTokenizer
 
     path = resolve_model(ref)
     _quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, **_load_kwargs(placement))
+        model = auto_class.from_pretrained(path, **_load_kwargs(placement))
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load decoder {ref!r} from {path}: {exc}") from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        raise UserError(f"cannot load {role} {ref!r} from {path}: {exc}") from exc
     if not placement.quantize_4bit:
         model.to(placement.device)
     return model, tokenizer

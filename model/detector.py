@@ -85,16 +85,19 @@ class RuntimeSettings(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
 
 
-def load_detector(folder: Path, runtime: RuntimeSettings | None = None) -> Detector:
-    """Open the detector folder `folder` with the given runtime settings.
+def load_detector(folder: Path, runtime: RuntimeSettings | None = None, expect: str | None = None) -> Detector:
+    """Open the detector folder `folder` with the given runtime settings; `expect` ("logllm" or
+    "logllama") refuses a folder holding the other kind.
 
     Raises:
-        UserError: the folder is missing or corrupt, names an unknown detector, or was trained
-            on base models other than the ones configured (`ManifestMismatchError`).
+        UserError: the folder is missing or corrupt, names an unknown or unexpected detector, or
+            was trained on base models other than the ones configured (`ManifestMismatchError`).
     """
     runtime = runtime or RuntimeSettings()
     manifest = read_manifest(folder)
     kind = manifest.get("detector")
+    if expect is not None and kind != expect:
+        raise UserError(f"{folder} holds a {kind!r} detector, not the {expect!r} one configured; point at a {expect} folder")
     if kind == "logllm":
         from model.logllm_detector import LogLLMDetector
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from peft import LoraConfig, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -181,17 +181,7 @@ class LogLLaMA(nn.Module):
         self.unk, self.eos, self.start = self.n_keys, self.n_keys + 1, self.n_keys + 2
         decoder, self.tokenizer = load_decoder(arch.decoder, placement)
         self.tied = bool(getattr(decoder.config, "tie_word_embeddings", False))
-        self.decoder = get_peft_model(
-            decoder,
-            LoraConfig(
-                task_type=TaskType.CAUSAL_LM,
-                r=arch.lora.r,
-                lora_alpha=arch.lora.alpha,
-                lora_dropout=arch.lora.dropout,
-                target_modules=list(arch.lora.target_modules),
-                bias="none",
-            ),
-        )
+        self.decoder = get_peft_model(decoder, arch.lora.peft_config(TaskType.CAUSAL_LM))
         self.dim = int(decoder.config.hidden_size)
         rows = self._initial_rows(key_texts)
         self.key_embed = nn.Parameter(rows)  # [n_keys + 3, D] fp32

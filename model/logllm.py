@@ -57,6 +57,17 @@ class LoraSpec(BaseModel):
     dropout: float = Field(description="dropout on the adapter input")
     target_modules: tuple[str, ...] = Field(description="module names that get adapters")
 
+    def peft_config(self, task_type: TaskType) -> LoraConfig:
+        """The peft `LoraConfig` for these hyper-parameters; biases stay frozen (bias="none")."""
+        return LoraConfig(
+            task_type=task_type,
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            bias="none",
+        )
+
 
 class LogLLMArchitecture(BaseModel):
     """Everything that fixes what a trained LogLLM computes; stored in the detector manifest."""
@@ -98,27 +109,8 @@ class LogLLM(nn.Module):
         self.placement = placement
         encoder, self.encoder_tokenizer = load_encoder(arch.encoder, placement)
         decoder, self.decoder_tokenizer = load_decoder(arch.decoder, placement)
-        self.encoder = get_peft_model(
-            encoder,
-            LoraConfig(
-                task_type=TaskType.FEATURE_EXTRACTION,
-                r=arch.encoder_lora.r,
-                lora_alpha=arch.encoder_lora.alpha,
-                lora_dropout=arch.encoder_lora.dropout,
-                target_modules=list(arch.encoder_lora.target_modules),
-            ),
-        )
-        self.decoder = get_peft_model(
-            decoder,
-            LoraConfig(
-                task_type=TaskType.CAUSAL_LM,
-                r=arch.decoder_lora.r,
-                lora_alpha=arch.decoder_lora.alpha,
-                lora_dropout=arch.decoder_lora.dropout,
-                target_modules=list(arch.decoder_lora.target_modules),
-                bias="none",
-            ),
-        )
+        self.encoder = get_peft_model(encoder, arch.encoder_lora.peft_config(TaskType.FEATURE_EXTRACTION))
+        self.decoder = get_peft_model(decoder, arch.decoder_lora.peft_config(TaskType.CAUSAL_LM))
         self.encoder_dim = int(encoder.config.hidden_size)
         self.decoder_dim = int(decoder.config.hidden_size)
         # fp32 projector as in the official code; its output is cast to the embedding dtype.

@@ -575,7 +575,7 @@ def evaluate_run(
     bar = _progress_bar(len(test), 0, "evaluating", progress)
     try:
         evaluations.append(
-            score_sequences(detector, "logllm", [s.key for s in test], [s.messages for s in test],
+            score_sequences(detector, detector.name, [s.key for s in test], [s.messages for s in test],
                             [s.label for s in test], progress=bar.update)
         )
     finally:

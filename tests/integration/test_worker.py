@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from tests.integration.worker_support import (
     hdfs_documents,
     hdfs_lines,
     malformed_documents,
+    run_once_command,
     snapshot,
     subprocess_env,
     worker_settings,
@@ -71,16 +71,7 @@ def test_once_labels_every_document_and_a_second_run_changes_nothing(
     create_source(os_client, settings.source.index, documents)
 
     # The real command, loading the real detector folder.
-    once = subprocess.run(
-        [sys.executable, "-m", "enricher.cli", "once"],
-        cwd=REPO,
-        env=subprocess_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    assert once.returncode == 0, once.stderr[-4000:]
-    summary = json.loads(once.stdout.strip().splitlines()[-1])
+    summary = run_once_command(settings, timeout_s=3600)
     assert summary["docs_read"] == summary["docs_labelled"] == len(documents)
     assert summary["dead_lettered"] == {} and summary["open_groups"] == 0
 

@@ -5,6 +5,7 @@ the worker wrote (for "same as an uninterrupted run" comparisons)."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -124,6 +125,21 @@ def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
         k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LOGLLM_SHARED_DATA", "LOGLLM_CACHE_DIR")
     }
     return {**keep, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **settings_env(settings), **extra}
+
+
+def run_once_command(settings: Settings, timeout_s: float) -> dict[str, Any]:
+    """`python -m enricher.cli once` (the real command path, the detector the settings name):
+    its JSON pass summary; fails the test with the end of its stderr if it exits non-zero."""
+    once = subprocess.run(
+        [sys.executable, "-m", "enricher.cli", "once"],
+        cwd=REPO,
+        env=subprocess_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert once.returncode == 0, once.stderr[-4000:]
+    return json.loads(once.stdout.strip().splitlines()[-1])
 
 
 def start_worker(settings: Settings, mode: str, log: Path, **extra: str) -> subprocess.Popen[str]:

@@ -4,9 +4,6 @@ as `anomaly.top_lines` (the line-level explanation)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +16,11 @@ from model.logllama import LogLLaMAArchitecture, LogLLaMADetector
 from model.preprocess import HDFS_BLOCK_ID
 from tests.integration.conftest import index_prefix, opensearch_url, os_client  # noqa: F401 (fixtures)
 from tests.integration.worker_support import (
-    REPO,
     all_hits,
     create_source,
     hdfs_documents,
     hdfs_lines,
-    subprocess_env,
+    run_once_command,
     worker_settings,
 )
 from tests.model.conftest import FP32
@@ -60,20 +56,11 @@ def test_once_with_a_logllama_folder_labels_documents_and_points_at_the_failed_l
 
     settings = worker_settings(
         index_prefix,
-        scoring={"model_dir": folder, "batch_groups": 32},
+        scoring={"model_dir": folder, "detector": "logllama", "batch_groups": 32},
         runtime={"device": "cpu", "dtype": "float32", "quantize": "off", "threads": 1},
     )
     create_source(os_client, settings.source.index, documents)
-    once = subprocess.run(
-        [sys.executable, "-m", "enricher.cli", "once"],
-        cwd=REPO,
-        env=subprocess_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert once.returncode == 0, once.stderr[-4000:]
-    summary = json.loads(once.stdout.strip().splitlines()[-1])
+    summary = run_once_command(settings, timeout_s=1800)
     assert summary["docs_read"] == summary["docs_labelled"] == len(documents)
 
     docs = {hit["_id"]: hit["_source"] for hit in all_hits(os_client, settings.source.index)}

@@ -56,3 +56,11 @@ def test_newer_format_is_refused(tmp_path: Path) -> None:
     (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="upgrade logllm-enricher"):
         read_manifest(tmp_path)
+
+
+def test_a_folder_of_the_other_detector_kind_is_refused_when_one_is_configured(tmp_path: Path) -> None:
+    from model.detector import load_detector
+
+    write_detector_folder(tmp_path / "llama", {"detector": "logllama"}, {})
+    with pytest.raises(UserError, match="holds a 'logllama' detector, not the 'logllm' one configured"):
+        load_detector(tmp_path / "llama", expect="logllm")

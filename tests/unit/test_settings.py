@@ -63,6 +63,7 @@ def test_json_lists_and_nested_runtime_settings_from_the_environment(monkeypatch
         ({"LOGLLM_OPENSEARCH__USERNAME": "admin"}, ["LOGLLM_OPENSEARCH", "username and password go together"]),
         ({"LOGLLM_OPENSEARCH__CA_CERTS": "/nowhere/ca.pem"}, ["LOGLLM_OPENSEARCH__CA_CERTS", "no such file"]),
         ({"LOGLLM_SOURCE__PAGESIZE": "10"}, ["LOGLLM_SOURCE__PAGESIZE", "unknown setting"]),
+        ({"LOGLLM_SCORING__DETECTOR": "gpt"}, ["LOGLLM_SCORING__DETECTOR", "'auto', 'logllm' or 'logllama'"]),
     ],
 )
 def test_a_wrong_value_names_the_setting_the_value_and_the_fix(
