@@ -1,7 +1,8 @@
 """Scoring throughput of LogLLM on HDFS_2pct block sessions: no cache vs cold vs warm cache.
 
 Each mode runs in its own process so peak RSS is per mode:
-- no_cache: embedding and verdict caches disabled, on the first --subset blocks;
+- no_cache: embedding and verdict caches disabled, on the first --subset blocks (sequences repeated
+  within one `score` call are still decoded once: that de-duplication is not a cache);
 - cold_cache: fresh caches, one pass over all 11,501 blocks (repeats inside the pass hit);
 - warm_cache: the same process scores all blocks again;
 - subset_cold: fresh caches on the same subset as no_cache, for a like-for-like ratio.
@@ -106,7 +107,8 @@ def main() -> None:
     manifest = json.loads((args.model / "manifest.json").read_text())
     no_cache, cold, warm, sub = (results[k] for k in ("no_cache", "cold_cache", "warm_cache", "subset_cold"))
     ratios = {
-        "encoder_cost_no_cache_over_warm": no_cache["encoder_s_per_line"] / max(warm["encoder_s_per_line"], 1e-12),
+        # Warm runs never call the encoder, so the like-for-like encoder ratio is against cold.
+        "encoder_cost_no_cache_over_subset_cold": no_cache["encoder_s_per_line"] / sub["encoder_s_per_line"],
         "lines_per_s_cold_over_no_cache": cold["lines_per_s"] / no_cache["lines_per_s"],
         "lines_per_s_subset_cold_over_no_cache": sub["lines_per_s"] / no_cache["lines_per_s"],
         "lines_per_s_warm_over_cold": warm["lines_per_s"] / cold["lines_per_s"],
@@ -134,7 +136,8 @@ def main() -> None:
         f"batch {args.batch_size}, CPU fp32.\n\n"
         "| mode | sequences | lines | seq/s | lines/s | encoder ms/line | verdict hit ratio | embedding hit ratio | peak RSS MB |\n"
         "|---|---|---|---|---|---|---|---|---|\n"
-        f"{rows}\n\nRatios: "
+        f"{rows}\n\nno_cache still decodes a sequence repeated within one call once (its verdict hit ratio); "
+        "the caches add reuse across calls and across messages.\n\nRatios: "
         + ", ".join(f"{k} = {v:.2f}" for k, v in ratios.items())
         + "\n"
     )
