@@ -9,12 +9,13 @@ identity changes, so a hit returns exactly what recomputing would.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 from cachetools import LRUCache
 
 V = TypeVar("V")
+Item = TypeVar("Item", bound=Sequence[object])
 
 
 class CountingLRU(Generic[V]):
@@ -55,3 +56,43 @@ class CountingLRU(Generic[V]):
 
     def stats(self) -> dict[str, float]:
         return {"hits": self.hits, "misses": self.misses, "size": len(self), "hit_ratio": self.hit_ratio}
+
+
+def score_through_cache(
+    items: Sequence[Item],
+    key_of: Callable[[Item], Hashable],
+    cache: CountingLRU[V],
+    score_unique: Callable[[list[Item]], list[V]],
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[V]:
+    """One value per item, in order: an item repeated within the call is scored once (counted as
+    a hit), cached items come from `cache`, and the rest go to `score_unique` in batches of
+    `batch_size` sorted by length, so similar lengths share a batch and padding stays small.
+    `progress` gets the number of items finished since its last call."""
+    results: list[V | None] = [None] * len(items)
+    pending: dict[Hashable, list[int]] = {}
+    for i, item in enumerate(items):
+        key = key_of(item)
+        if key in pending:
+            cache.hits += 1
+            pending[key].append(i)
+            continue
+        cached = cache.get(key)
+        if cached is None:
+            pending[key] = [i]
+        else:
+            results[i] = cached
+    if progress:
+        progress(sum(r is not None for r in results))
+    order = sorted(pending, key=lambda k: len(items[pending[k][0]]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        values = score_unique([items[pending[k][0]] for k in chunk])
+        for key, value in zip(chunk, values, strict=True):
+            cache.put(key, value)
+            for i in pending[key]:
+                results[i] = value
+        if progress:
+            progress(sum(len(pending[k]) for k in chunk))
+    return [r for r in results if r is not None]

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from model.backbones import DEFAULT_DECODER, Placement, choose_placement, load_decoder
-from model.cache import CountingLRU
+from model.cache import CountingLRU, score_through_cache
 from model.detector import ProgressFn, RuntimeSettings, Verdict
 from model.errors import ManifestMismatchError
 from model.folder import read_weights, write_detector_folder
@@ -369,35 +369,15 @@ class LogLLaMADetector:
 
     def score_keys(self, key_sequences: Sequence[tuple[int, ...]], progress: ProgressFn | None = None) -> list[Verdict]:
         """Verdicts for sequences already mapped to key indices (training evaluation uses this)."""
-        results: list[Verdict | None] = [None] * len(key_sequences)
-        pending: dict[bytes, list[int]] = {}
-        for i, keys in enumerate(key_sequences):
-            if not keys:
-                results[i] = Verdict(0, 0.0, self.version, "empty sequence")
-                continue
-            digest = _keys_digest(keys)
-            if digest in pending:
-                self.verdicts.hits += 1  # repeated within this call: computed once
-                pending[digest].append(i)
-                continue
-            cached = self.verdicts.get(digest)
-            if cached is None:
-                pending[digest] = [i]
-            else:
-                results[i] = cached
-        if progress:
-            progress(sum(r is not None for r in results))
-        order = sorted(pending, key=lambda d: len(key_sequences[pending[d][0]]))
-        for start in range(0, len(order), self.runtime.batch_size):
-            chunk = order[start : start + self.runtime.batch_size]
-            verdicts = self._score_unique([key_sequences[pending[d][0]] for d in chunk])
-            for digest, verdict in zip(chunk, verdicts, strict=True):
-                self.verdicts.put(digest, verdict)
-                for i in pending[digest]:
-                    results[i] = verdict
-            if progress:
-                progress(sum(len(pending[d]) for d in chunk))
-        return [r for r in results if r is not None]
+        # An empty sequence has no next key to check: normal, without a model call.
+        empty = Verdict(0, 0.0, self.version, "empty sequence")
+        if progress and not all(key_sequences):
+            progress(sum(1 for keys in key_sequences if not keys))
+        scored = iter(score_through_cache(
+            [keys for keys in key_sequences if keys], _keys_digest, self.verdicts, self._score_unique,
+            self.runtime.batch_size, progress,
+        ))
+        return [next(scored) if keys else empty for keys in key_sequences]
 
     def _score_unique(self, batch_keys: Sequence[tuple[int, ...]]) -> list[Verdict]:
         batch = self.model.make_batch(batch_keys)

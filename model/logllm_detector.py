@@ -23,7 +23,7 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
 from model.backbones import choose_placement
-from model.cache import CountingLRU
+from model.cache import CountingLRU, score_through_cache
 from model.detector import ProgressFn, RuntimeSettings, Verdict
 from model.errors import ManifestMismatchError
 from model.folder import read_weights, write_detector_folder
@@ -158,33 +158,9 @@ class LogLLMDetector:
     def score(self, sequences: Sequence[Sequence[str]], progress: ProgressFn | None = None) -> list[Verdict]:
         arch = self.model.arch
         normalized = [normalize_sequence(list(seq), arch.regex_set, arch.max_messages) for seq in sequences]
-        results: list[Verdict | None] = [None] * len(sequences)
-        pending: dict[bytes, list[int]] = {}
-        for i, messages in enumerate(normalized):
-            key = _sequence_key(messages)
-            if key in pending:
-                self.verdicts.hits += 1  # repeated within this call: computed once
-                pending[key].append(i)
-                continue
-            cached = self.verdicts.get(key)
-            if cached is None:
-                pending[key] = [i]
-            else:
-                results[i] = cached
-        if progress:
-            progress(sum(r is not None for r in results))
-        # Length bucketing: similar lengths share a batch, so left padding stays small.
-        order = sorted(pending, key=lambda k: len(normalized[pending[k][0]]))
-        for start in range(0, len(order), self.runtime.batch_size):
-            chunk = order[start : start + self.runtime.batch_size]
-            verdicts = self._score_unique([normalized[pending[k][0]] for k in chunk])
-            for key, verdict in zip(chunk, verdicts, strict=True):
-                self.verdicts.put(key, verdict)
-                for i in pending[key]:
-                    results[i] = verdict
-            if progress:
-                progress(sum(len(pending[k]) for k in chunk))
-        return [r for r in results if r is not None]
+        return score_through_cache(
+            normalized, _sequence_key, self.verdicts, self._score_unique, self.runtime.batch_size, progress
+        )
 
     def _score_unique(self, batch: Sequence[tuple[str, ...]]) -> list[Verdict]:
         with torch.inference_mode():
