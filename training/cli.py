@@ -61,20 +61,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_train(args: argparse.Namespace) -> int:
     from training.config import load_config
-    from training.logllama import config_selects_logllama, run_train_command
+    from training.logllama import config_selects_logllama, load_logllama_config, run_train_command
     from training.train import train
-
-    if config_selects_logllama(args.config):
-        return run_train_command(args)
 
     overrides: dict[str, Any] = {}
     if args.output is not None:
         overrides["output"] = str(args.output)
     if args.no_eval:
         overrides["evaluate"] = False
-    config = load_config(args.config, overrides)
+    logllama = config_selects_logllama(args.config)
+    config = (load_logllama_config if logllama else load_config)(args.config, overrides)
     if args.threads is not None:
         config.runtime = config.runtime.model_copy(update={"threads": args.threads})
+    if logllama:
+        return run_train_command(config)
     run = train(config, fresh=args.fresh)
     print(f"logllm train: detector written to {run.detector_dir}", file=sys.stderr)
     if run.report is not None:

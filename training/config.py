@@ -232,7 +232,8 @@ class TrainConfig(BaseModel):
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _format_validation(error: ValidationError, source: str) -> str:
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """`source: field.path: message; ...` for every problem pydantic found."""
     problems = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
@@ -249,7 +250,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(_format_validation(exc, source)) from exc
+        raise UserError(format_validation_error(exc, source)) from exc
 
 
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -52,7 +52,7 @@ from model.detector import RuntimeSettings
 from model.errors import UserError
 from model.logkeys import DrainSettings, LogKeyMap
 from model.logllama import DEFAULT_K, IGNORE, LogLLaMAArchitecture, LogLLaMADetector, outside_topk
-from training.config import DataConfig
+from training.config import DataConfig, format_validation_error
 from training.data import Dataset, LabelledSequence, build_split, load_dataset
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,7 @@ def parse_logllama_config(raw: dict[str, Any], source: str = "config") -> LogLLa
     try:
         return LogLLaMATrainConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors())
-        raise UserError(f"{source}: {problems}") from exc
+        raise UserError(format_validation_error(exc, source)) from exc
 
 
 def load_logllama_config(path: Path, overrides: dict[str, Any] | None = None) -> LogLLaMATrainConfig:
@@ -731,17 +730,9 @@ def config_selects_logllama(path: Path) -> bool:
     return isinstance(raw, dict) and raw.get("detector") == "logllama"
 
 
-def run_train_command(args: Any) -> int:
-    """`logllm train --config X` for a LogLLaMA config: --output, --no-eval and --threads apply;
+def run_train_command(config: LogLLaMATrainConfig) -> int:
+    """`logllm train --config X` for a LogLLaMA config (loaded with the command line's overrides);
     every run starts fresh (LogLLaMA runs are short and keep no resumable checkpoint)."""
-    overrides: dict[str, Any] = {}
-    if args.output is not None:
-        overrides["output"] = str(args.output)
-    if args.no_eval:
-        overrides["evaluate"] = False
-    config = load_logllama_config(args.config, overrides)
-    if args.threads is not None:
-        config.runtime = config.runtime.model_copy(update={"threads": args.threads})
     folder = train_logllama(config)
     print(f"logllm train: LogLLaMA detector written to {folder}", file=sys.stderr)
     report_path = config.output / "report.json"
