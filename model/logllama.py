@@ -376,6 +376,8 @@ class LogLLaMADetector:
         scored = iter(score_through_cache(
             [keys for keys in key_sequences if keys], _keys_digest, self.verdicts, self._score_unique,
             self.runtime.batch_size, progress,
+            positions_of=lambda keys: 1 + min(len(keys), self.model.arch.max_keys),  # the start row + the keys
+            batch_overhead=self.runtime.batch_overhead(self.model.placement.device),
         ))
         return [next(scored) if keys else empty for keys in key_sequences]
 

@@ -146,6 +146,11 @@ class LogLLM(nn.Module):
         if self.label_token_ids[0] == self.label_token_ids[1]:
             raise UserError(f"answer words {self.arch.prompt.labels} start with the same token; choose distinct labels")
 
+    @property
+    def prompt_positions(self) -> int:
+        """Decoder positions a sequence takes at inference besides one per message."""
+        return len(self.prefix_ids) + len(self.suffix_ids) + len(self.answer_prefix_ids)
+
     def prompt_token_ids(self) -> dict[str, list[int]]:
         """Token ids of every prompt piece, recorded in the manifest to detect tokenizer drift."""
         return {

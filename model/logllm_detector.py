@@ -158,8 +158,11 @@ class LogLLMDetector:
     def score(self, sequences: Sequence[Sequence[str]], progress: ProgressFn | None = None) -> list[Verdict]:
         arch = self.model.arch
         normalized = [normalize_sequence(list(seq), arch.regex_set, arch.max_messages) for seq in sequences]
+        prompt = self.model.prompt_positions
         return score_through_cache(
-            normalized, _sequence_key, self.verdicts, self._score_unique, self.runtime.batch_size, progress
+            normalized, _sequence_key, self.verdicts, self._score_unique, self.runtime.batch_size, progress,
+            positions_of=lambda messages: prompt + len(messages),
+            batch_overhead=self.runtime.batch_overhead(self.model.placement.device),
         )
 
     def _score_unique(self, batch: Sequence[tuple[str, ...]]) -> list[Verdict]:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from enricher.interfaces import LeaseLost
+from enricher.pipeline import CUTS_AHEAD, Prefetch
 from enricher.settings import GroupingSettings
 from enricher.sink import content_of
 from enricher.types import DocRef
@@ -362,3 +363,35 @@ def test_windows_label_every_document_once_and_survive_a_crash(grouping: Groupin
         crashing.worker.run_once()
     memory_world(cluster, grouping, clock=lambda: NOW, checkpoints=checkpoints).worker.run_once()
     assert snapshot(cluster) == expected
+
+
+def test_scoring_takes_every_group_closed_while_the_previous_call_ran() -> None:
+    # A slow detector: while a call runs, the reader cuts the next pages (up to CUTS_AHEAD), so
+    # the next call gets all groups closed meanwhile instead of one page's.
+    cluster = MemoryCluster()
+    hdfs_like(cluster, blocks=60)
+    expected = reference_run(cluster)
+    detector = FakeDetector(delay_s=0.3)
+    world = memory_world(cluster, SESSIONS, clock=lambda: NOW, detector=detector, batch_groups=1000, page_size=5)
+    summary = world.worker.run_once()
+
+    pages = -(-len(cluster.docs) // 5)
+    assert pages > 3 * CUTS_AHEAD
+    assert detector.calls <= -(-pages // CUTS_AHEAD) + 1
+    assert summary.groups_scored > 100
+    assert snapshot(cluster) == expected
+
+
+def test_prefetch_ready_yields_what_is_waiting_up_to_enough_then_the_producers_error() -> None:
+    def produce() -> Any:
+        yield from range(10)
+        raise ValueError("source broke")
+
+    items = Prefetch(produce(), depth=32)
+    items._thread.join(timeout=5)  # everything is waiting before the first take
+    taken = []
+    with pytest.raises(ValueError, match="source broke"):
+        for batch in items.ready(lambda batch: len(batch) >= 4):
+            taken.append(batch)
+    assert taken == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    items.close()
