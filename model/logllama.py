@@ -104,22 +104,30 @@ def outside_topk(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.T
 @dataclass(frozen=True)
 class KeyBatch:
     """A right-padded batch. inputs/targets [B, L] (targets IGNORE on padding); mask [B, L];
-    checked [B, L] marks the targets the detection rule judges."""
+    checked [B, L] marks the targets the detection rule judges; weights [B] is how many
+    sequences each row stands for (1, or its count when training on distinct sequences)."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
     mask: torch.Tensor
     checked: torch.Tensor
+    weights: torch.Tensor
 
 
 def key_batch(
-    sequences: Sequence[Sequence[int]], n_keys: int, kind: SequenceKind, max_keys: int, device: str = "cpu"
+    sequences: Sequence[Sequence[int]],
+    n_keys: int,
+    kind: SequenceKind,
+    max_keys: int,
+    device: str = "cpu",
+    weights: Sequence[float] | None = None,
 ) -> KeyBatch:
     """Inputs ``[start, k1..kn]`` and targets ``[k1..kn, eos|IGNORE]`` per sequence, right-padded.
 
     Row indices: keys ``0..n_keys-1``, unk = n_keys, eos = n_keys+1, start = n_keys+2.
     Sequences longer than `max_keys` are cut, and a cut session gets no end target. An `unk`
-    target stays in `targets` (the detection rule needs it); losses skip it.
+    target stays in `targets` (the detection rule needs it); losses skip it. `weights`
+    (default: all 1) say how many sequences each row stands for.
     """
     eos, start = n_keys + 1, n_keys + 2
     rows_in, rows_tgt, rows_chk = [], [], []
@@ -142,7 +150,8 @@ def key_batch(
         targets[i, : len(r_tgt)] = torch.tensor(r_tgt)
         mask[i, : len(r_in)] = 1
         checked_t[i, : len(r_chk)] = torch.tensor(r_chk)
-    return KeyBatch(inputs.to(device), targets.to(device), mask.to(device), checked_t.to(device))
+    row_weights = torch.tensor(list(weights) if weights is not None else [1.0] * len(rows_in), dtype=torch.float)
+    return KeyBatch(inputs.to(device), targets.to(device), mask.to(device), checked_t.to(device), row_weights.to(device))
 
 
 def build_verdict(
@@ -236,9 +245,11 @@ class LogLLaMA(nn.Module):
         target.copy_(source.to(target.device, target.dtype))
 
     # ---------------------------------------------------------------- forward
-    def make_batch(self, sequences: Sequence[Sequence[int]]) -> KeyBatch:
+    def make_batch(self, sequences: Sequence[Sequence[int]], weights: Sequence[float] | None = None) -> KeyBatch:
         """`key_batch` with this model's layout, on its device."""
-        return key_batch(sequences, self.n_keys, self.arch.sequence_kind, self.arch.max_keys, self.placement.device)
+        return key_batch(
+            sequences, self.n_keys, self.arch.sequence_kind, self.arch.max_keys, self.placement.device, weights
+        )
 
     def _trunk(self) -> nn.Module:
         base = self.decoder.get_base_model()
@@ -263,9 +274,52 @@ class LogLLaMA(nn.Module):
         return self.key_logits(self.hidden(batch))
 
     def next_key_loss(self, logits: torch.Tensor, batch: KeyBatch) -> torch.Tensor:
-        """Mean cross-entropy of each next key over key candidates (padding and unk skipped)."""
+        """Mean cross-entropy of each next key over key candidates (padding and unk skipped),
+        each row's targets counted `batch.weights` times: a distinct sequence standing for w
+        identical ones contributes exactly what those w would."""
         targets = batch.targets.masked_fill(batch.targets == self.unk, IGNORE)
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+        nll = nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")  # [B, L]
+        valid = (targets != IGNORE).float() * batch.weights.unsqueeze(-1)
+        return (nll * valid).sum() / valid.sum().clamp(min=1e-9)
+
+    @torch.no_grad()
+    def sample_contexts(self, batch: KeyBatch, prompt: torch.Tensor, generator: torch.Generator | None = None) -> KeyBatch:
+        """`batch` with the inputs after each row's prompt replaced by keys the model samples
+        itself, one position at a time (KV cache): LogGPT's RL contexts. The targets stay the
+        observed keys.
+
+        Args:
+            batch: the observed sequences.
+            prompt: [B] targets per row whose inputs stay observed (input 0 is the start row,
+                so inputs 0..prompt[i] are kept).
+            generator: random source of the sampling (fixed for comparable validations).
+        Returns:
+            A batch like `batch` whose inputs past the prompt are samples; `unk` and the end
+            are never sampled, so every context is as long as its sequence (as in LogGPT).
+        """
+        from transformers import DynamicCache
+
+        inputs = batch.inputs.clone()
+        length = inputs.shape[1]
+        positions = torch.arange(length, device=inputs.device)
+        replace = (positions.unsqueeze(0) > prompt.unsqueeze(1)) & batch.mask.bool()  # [B, L]
+        embed_dtype = self.decoder.get_input_embeddings().weight.dtype
+        cache = DynamicCache()
+        trunk = self._trunk()
+        for t in range(length - 1):
+            out = trunk(
+                inputs_embeds=self.key_embed[inputs[:, t : t + 1]].to(embed_dtype),
+                attention_mask=batch.mask[:, : t + 1],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            if not replace[:, t + 1].any():
+                continue
+            logits = self.key_logits(out.last_hidden_state.float())[:, -1]  # [B, C]
+            logits[:, self.eos] = float("-inf")
+            sampled = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
+            inputs[:, t + 1] = torch.where(replace[:, t + 1], sampled, inputs[:, t + 1])
+        return KeyBatch(inputs, batch.targets, batch.mask, batch.checked, batch.weights)
 
 
 def _keys_digest(keys: tuple[int, ...]) -> bytes:

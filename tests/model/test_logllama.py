@@ -18,10 +18,10 @@ from model.detector import load_detector
 from model.errors import ManifestMismatchError
 from model.folder import MANIFEST_FILE
 from model.logkeys import LogKeyMap
-from model.logllama import KEYMAP_FILE, LogLLaMAArchitecture, LogLLaMADetector, outside_topk
+from model.logllama import KEYMAP_FILE, KeyBatch, LogLLaMAArchitecture, LogLLaMADetector, outside_topk
 from model.preprocess import HDFS_BLOCK_ID, LogLine, iter_log_lines, sessions_by_key
 from tests.model.conftest import FP32
-from training.logllama import KeyedData, LogLLaMATrainer, parse_logllama_config, reward_mask
+from training.logllama import KeyedData, LogLLaMATrainer, parse_logllama_config, reinforce_loss, reward_mask
 from training.shared_data import HDFS_HEAD20K, HDFS_HEAD20K_LABELS
 
 N_TRAIN, N_VAL = 32, 8
@@ -221,3 +221,64 @@ def test_likelihood_control_replays_the_rl_draws_for_exactly_the_given_episodes(
     finally:
         detector.model.load_trainable_state(state)
 
+
+
+def test_a_weighted_distinct_sequence_counts_like_its_copies(detector: LogLLaMADetector, keyed: KeyedData) -> None:
+    """dedupe = true trains on distinct sequences weighted by count: the same loss (and so the
+    same gradient) as the copies themselves."""
+    model = detector.model
+    a, b = keyed.train[0], keyed.train[1]
+    model.eval()  # dropout off: the copies would otherwise draw different masks
+    with torch.no_grad():
+        copies = model.make_batch([a, a, a, b])
+        weighted = model.make_batch([a, b], [3, 1])
+        torch.testing.assert_close(
+            model.next_key_loss(model(weighted), weighted), model.next_key_loss(model(copies), copies)
+        )
+        rewarded_c = reward_mask(copies.targets, copies.checked, model.unk, 0.2)
+        rewarded_w = reward_mask(weighted.targets, weighted.checked, model.unk, 0.2)
+        copied, _ = reinforce_loss(model(copies), copies.targets, rewarded_c, 7, 10.0, 0.01, copies.weights)
+        once, _ = reinforce_loss(model(weighted), weighted.targets, rewarded_w, 7, 10.0, 0.01, weighted.weights)
+        torch.testing.assert_close(once, copied)
+
+
+def test_generated_contexts_keep_the_prompt_and_sample_only_keys(detector: LogLLaMADetector, keyed: KeyedData) -> None:
+    model = detector.model
+    model.eval()
+    batch = model.make_batch(keyed.train[:6])
+    prompt = torch.tensor([0, 1, 2, 3, 100, 2])  # 100: longer than the sequence, nothing sampled
+    first = model.sample_contexts(batch, prompt, torch.Generator().manual_seed(5))
+    again = model.sample_contexts(batch, prompt, torch.Generator().manual_seed(5))
+    assert torch.equal(first.inputs, again.inputs), "a fixed generator gives the same contexts"
+    assert torch.equal(first.targets, batch.targets) and torch.equal(first.mask, batch.mask)
+    positions = torch.arange(batch.inputs.shape[1]).unsqueeze(0)
+    kept = (positions <= prompt.unsqueeze(1)) | (batch.mask == 0)
+    assert torch.equal(first.inputs[kept], batch.inputs[kept])
+    sampled = first.inputs[~kept]
+    assert sampled.numel() > 0 and bool((sampled < model.n_keys).all()), "only keys: never unk, end or start"
+    assert not torch.equal(first.inputs, batch.inputs)
+
+
+def test_rl_on_generated_contexts_trains_and_validates_on_them(detector: LogLLaMADetector, keyed: KeyedData) -> None:
+    state = detector.model.trainable_state()
+    try:
+        config = _config(context="generated", episodes=1, sequences_per_episode=6)
+        trainer = LogLLaMATrainer(config, detector, keyed, show_progress=False)  # type: ignore[arg-type]
+        observed = LogLLaMATrainer(_config(), detector, keyed, show_progress=False)  # type: ignore[arg-type]
+        # The validation RL loss is measured on sampled contexts, with a fixed stream.
+        assert trainer.validate() == trainer.validate()
+        assert trainer.validate()["val_rl_loss"] != observed.validate()["val_rl_loss"]
+        seen: list[KeyBatch] = []
+        step = trainer.reinforce_step
+        trainer.reinforce_step = lambda batch, optimizer: seen.append(batch) or step(batch, optimizer)  # type: ignore[method-assign]
+        record = trainer.train_rl()
+        assert record.steps == 1 and record.sequences == 6 and len(record.curve) == 2
+        # The step saw sampled inputs before the observed targets, not the observed sequences.
+        start = detector.model.start
+        observed = {(start, *keys) for keys in keyed.train}
+        rows = [tuple(row[: int(mask.sum())].tolist()) for row, mask in zip(seen[0].inputs, seen[0].mask, strict=True)]
+        targets = {tuple(row[row >= 0].tolist()) for row in seen[0].targets}
+        assert targets <= {(*keys, detector.model.eos) for keys in keyed.train}
+        assert any(row not in observed for row in rows)
+    finally:
+        detector.model.load_trainable_state(state)
