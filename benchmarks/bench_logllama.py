@@ -372,7 +372,7 @@ def compare_keys(args: argparse.Namespace) -> None:
     # (a) added key tokens
     config = parse_logllama_config({"lm": {"epochs": 1, "max_steps": args.steps, "eval_every": 10**6, "batch_size": args.batch}})
     detector = LogLLaMADetector.create(arch, keymap, 7, runtime, seed=0)
-    keyed = KeyedData(keymap, train, [1] * len(train), train[:4], [1] * 4, ())
+    keyed = KeyedData(keymap, train, [1.0] * len(train), train[:4], [1] * 4, ())
     trainer = LogLLaMATrainer(config, detector, keyed, show_progress=False)
     w0, c0 = time.perf_counter(), time.process_time()
     lm = trainer.train_lm()

@@ -273,14 +273,20 @@ class LogLLaMA(nn.Module):
     def forward(self, batch: KeyBatch) -> torch.Tensor:
         return self.key_logits(self.hidden(batch))
 
-    def next_key_loss(self, logits: torch.Tensor, batch: KeyBatch) -> torch.Tensor:
-        """Mean cross-entropy of each next key over key candidates (padding and unk skipped),
-        each row's targets counted `batch.weights` times: a distinct sequence standing for w
-        identical ones contributes exactly what those w would."""
+    def next_key_loss(self, logits: torch.Tensor, batch: KeyBatch, mean_targets: float | None = None) -> torch.Tensor:
+        """Cross-entropy of each next key over key candidates (padding and unk skipped), each
+        row's targets counted `batch.weights` times.
+
+        Without `mean_targets`: the weighted mean over the batch's targets. With it (the mean
+        number of targets per sequence over the whole weighted training set): the weighted sum
+        divided by rows x `mean_targets`, whose expectation over random batches is exactly the
+        token mean over every sequence copy, however unequal the weights.
+        """
         targets = batch.targets.masked_fill(batch.targets == self.unk, IGNORE)
         nll = nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")  # [B, L]
         valid = (targets != IGNORE).float() * batch.weights.unsqueeze(-1)
-        return (nll * valid).sum() / valid.sum().clamp(min=1e-9)
+        total = valid.sum() if mean_targets is None else torch.tensor(len(batch.weights) * mean_targets)
+        return (nll * valid).sum() / total.clamp(min=1e-9)
 
     @torch.no_grad()
     def sample_contexts(self, batch: KeyBatch, prompt: torch.Tensor, generator: torch.Generator | None = None) -> KeyBatch:

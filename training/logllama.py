@@ -62,6 +62,9 @@ from training.data import Dataset, LabelledSequence, build_split, load_dataset
 
 log = logging.getLogger(__name__)
 
+# dedupe: most copies of one sequence a training row stands for (see `weighted_rows`).
+MAX_ROW_WEIGHT = 16
+
 
 # ============================================================================ configuration
 class DrainConfig(BaseModel):
@@ -159,9 +162,10 @@ class LogLLaMATrainConfig(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of the normal training sequences held out for validation")
     dedupe: bool = Field(
         False,
-        description="train on each distinct key sequence once per epoch, its loss weighted by how often it occurs: the "
-        "same objective as every sequence (frequencies kept, e.g. how often a block ends after a key), at the cost of "
-        "the distinct ones only (HDFS_2pct: 1,101 distinct among 8,023 normal training blocks); validation is always so",
+        description="train on the distinct key sequences, each weighted by how often it occurs (split into rows of at "
+        f"most {MAX_ROW_WEIGHT} copies): the same expected gradient as every sequence (frequencies kept, e.g. how often "
+        "a block ends after a key) at the cost of the rows only (HDFS_2pct: 1,101 distinct sequences, ~1,430 rows, "
+        "for 8,023 normal training blocks); validation is always weighted by count",
     )
     max_train_sequences: int | None = Field(None, ge=1, description="random subset of the training sequences (CPU budget)")
     max_val_sequences: int | None = Field(None, ge=1, description="random subset of the validation sequences (CPU budget)")
@@ -224,15 +228,18 @@ def load_logllama_config(path: Path, overrides: dict[str, Any] | None = None) ->
 # ============================================================================ data
 @dataclass
 class KeyedData:
-    """Normal training/validation key sequences (distinct, with counts) and the test split."""
+    """Normal training rows with their weights (all 1, or `weighted_rows` with dedupe),
+    distinct validation sequences with their counts, and the test split."""
 
     keymap: LogKeyMap
     train: list[tuple[int, ...]]
-    train_counts: list[int]
+    train_weights: list[float]
     val: list[tuple[int, ...]]
     val_counts: list[int]
     test: tuple[LabelledSequence, ...]
     summary: dict[str, Any] = field(default_factory=dict)
+    # With weighted rows: mean targets per training sequence (see `LogLLaMA.next_key_loss`).
+    mean_targets: float | None = None
 
 
 def _bgl_keymap(templates_csv: Path, messages: Sequence[str]) -> LogKeyMap:
@@ -249,6 +256,33 @@ def _distinct(sequences: Sequence[tuple[int, ...]], dedupe: bool) -> tuple[list[
         return list(sequences), [1] * len(sequences)
     counts = Counter(sequences)
     return list(counts), list(counts.values())
+
+
+def _loss_targets(keys: tuple[int, ...], session: bool, max_keys: int, unk: int) -> int:
+    """Targets the next-key loss counts for one sequence (`model.logllama.key_batch`): its first
+    `max_keys` keys except `unk`, plus the end of an uncut session."""
+    kept = keys[:max_keys]
+    return len(kept) - kept.count(unk) + int(session and len(keys) <= max_keys)
+
+
+def weighted_rows(
+    sequences: Sequence[tuple[int, ...]], counts: Sequence[int], max_weight: int = MAX_ROW_WEIGHT
+) -> tuple[list[tuple[int, ...]], list[float]]:
+    """Training rows for distinct sequences with their counts: a sequence seen c times becomes
+    ⌈c / max_weight⌉ rows sharing the weight c, so no row (and no batch) carries a large share
+    of an epoch's gradient; weights are scaled to a mean of 1 per row.
+
+    Every epoch over the rows then has the expected gradient of an epoch over all the copies
+    (see `LogLLaMA.next_key_loss`), at the cost of the rows only.
+    """
+    rows: list[tuple[int, ...]] = []
+    weights: list[float] = []
+    for sequence, count in zip(sequences, counts, strict=True):
+        parts = -(-count // max_weight)
+        rows += [sequence] * parts
+        weights += [count / parts] * parts
+    mean = sum(weights) / len(weights)
+    return rows, [w / mean for w in weights]
 
 
 def prepare_data(config: LogLLaMATrainConfig, dataset: Dataset | None = None) -> KeyedData:
@@ -281,6 +315,10 @@ def prepare_data(config: LogLLaMATrainConfig, dataset: Dataset | None = None) ->
     if config.max_train_sequences and len(train) > config.max_train_sequences:
         keep = sorted(rng.permutation(len(train))[: config.max_train_sequences])
         train, train_counts = [train[i] for i in keep], [train_counts[i] for i in keep]
+    distinct_train = len(train)
+    train_weights: list[float] = [1.0] * len(train)
+    if config.dedupe:
+        train, train_weights = weighted_rows(train, train_counts)
     if config.max_val_sequences and len(val) > config.max_val_sequences:
         keep = sorted(rng.permutation(len(val))[: config.max_val_sequences])
         val, val_counts = [val[i] for i in keep], [val_counts[i] for i in keep]
@@ -289,7 +327,9 @@ def prepare_data(config: LogLLaMATrainConfig, dataset: Dataset | None = None) ->
         "split": split.summary(),
         "normal_train": len(train_seqs),
         "normal_val": len(val_seqs),
-        "train_sequences_used": len(train),
+        "train_sequences_used": sum(train_counts),
+        "train_distinct_used": distinct_train,
+        "train_rows": len(train),
         "val_sequences_used": len(val),
         "distinct_train_key_sequences": len(set(train_keys)),
         "n_keys": keymap.n_keys,
@@ -298,7 +338,14 @@ def prepare_data(config: LogLLaMATrainConfig, dataset: Dataset | None = None) ->
         "test_anomalous": sum(s.label for s in split.test),
     }
     log.info("logllama data: %s", summary)
-    return KeyedData(keymap, train, train_counts, val, val_counts, split.test, summary)
+    mean_targets = None
+    if config.dedupe:
+        # Targets per training sequence, over every copy: the constant that makes a weighted
+        # batch's loss an unbiased estimate of the all-copies token mean.
+        arch = config.architecture
+        targets = [_loss_targets(keys, arch.sequence_kind == "session", arch.max_keys, keymap.unk) for keys in train]
+        mean_targets = sum(w * n for w, n in zip(train_weights, targets, strict=True)) / sum(train_weights)
+    return KeyedData(keymap, train, train_weights, val, val_counts, split.test, summary, mean_targets)
 
 
 # ============================================================================ losses
@@ -345,8 +392,8 @@ def reinforce_loss(
     entropy_coef: float,
     weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """LogGPT's loss per sequence, averaged over the batch with `weights` [B] (how many
-    sequences each row stands for; default 1) (see the module docstring).
+    """LogGPT's loss per sequence, averaged over the batch, each row times its weight in `weights`
+    [B] (`weighted_rows`; default 1) (see the module docstring).
 
     Returns the loss and diagnostics: mean reward per rewarded target (the Top-K hit rate
     mapped to [-1, 1]) and mean entropy.
@@ -359,8 +406,9 @@ def reinforce_loss(
     seq_reward = rewards.sum(-1).clamp(-clip, clip)  # [B]
     seq_entropy = (entropy * weight).sum(-1) / weight.sum(-1).clamp(min=1)  # [B]
     per_sequence = -seq_logp * seq_reward - entropy_coef * seq_entropy  # [B]
-    w = torch.ones_like(per_sequence) if weights is None else weights
-    loss = (per_sequence * w).sum() / w.sum()
+    # Weights have mean 1 over the training rows, so the plain batch mean estimates the mean
+    # over every sequence copy without bias.
+    loss = (per_sequence if weights is None else per_sequence * weights).mean()
     n = weight.sum().clamp(min=1)
     return loss, {"reward": float(rewards.sum() / n), "entropy": float((entropy.detach() * weight).sum() / n)}
 
@@ -470,7 +518,7 @@ class LogLLaMATrainer:
         record.curve.append({"step": 0, **best})
         stale = 0
         ema: float | None = None
-        seqs, counts = self.data.train, self.data.train_counts
+        seqs, weights = self.data.train, self.data.train_weights
         planned = cfg.epochs * math.ceil(len(seqs) / cfg.batch_size)
         planned = planned if cfg.max_steps is None else min(planned, cfg.max_steps)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
@@ -481,8 +529,8 @@ class LogLLaMATrainer:
                 batches = _length_batches(seqs, cfg.batch_size, self.rng)
                 for n, idx in enumerate(batches):
                     model.train()
-                    batch = model.make_batch([seqs[i] for i in idx], [counts[i] for i in idx])
-                    loss = model.next_key_loss(model(batch), batch)
+                    batch = model.make_batch([seqs[i] for i in idx], [weights[i] for i in idx])
+                    loss = model.next_key_loss(model(batch), batch, self.data.mean_targets)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -554,16 +602,16 @@ class LogLLaMATrainer:
         last = initial[criterion]
         record.curve.append({"episode": 0, **initial})
         stale = 0
-        seqs, counts = self.data.train, self.data.train_counts
+        seqs, weights = self.data.train, self.data.train_weights
         per_episode = min(cfg.sequences_per_episode or len(seqs), len(seqs))
         with self._bar(per_episode * episodes, f"logllama {record.name}") as bar:
             for episode in range(1, episodes + 1):
                 chosen = self.rng.permutation(len(seqs))[:per_episode]
                 subset = [seqs[i] for i in chosen]
-                subset_counts = [counts[i] for i in chosen]
+                subset_weights = [weights[i] for i in chosen]
                 stats: list[dict[str, float]] = []
                 for idx in _length_batches(subset, cfg.batch_size, self.rng):
-                    batch = model.make_batch([subset[i] for i in idx], [subset_counts[i] for i in idx])
+                    batch = model.make_batch([subset[i] for i in idx], [subset_weights[i] for i in idx])
                     if not control and cfg.context == "generated":
                         batch = self.generated(batch, self.sampler)
                     if control:
@@ -605,7 +653,7 @@ class LogLLaMATrainer:
         model = self.model
         model.train()
         logits = model(batch)
-        loss = model.next_key_loss(logits, batch)
+        loss = model.next_key_loss(logits, batch, self.data.mean_targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

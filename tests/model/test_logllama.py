@@ -21,7 +21,14 @@ from model.logkeys import LogKeyMap
 from model.logllama import KEYMAP_FILE, KeyBatch, LogLLaMAArchitecture, LogLLaMADetector, outside_topk
 from model.preprocess import HDFS_BLOCK_ID, LogLine, iter_log_lines, sessions_by_key
 from tests.model.conftest import FP32
-from training.logllama import KeyedData, LogLLaMATrainer, parse_logllama_config, reinforce_loss, reward_mask
+from training.logllama import (
+    KeyedData,
+    LogLLaMATrainer,
+    parse_logllama_config,
+    reinforce_loss,
+    reward_mask,
+    weighted_rows,
+)
 from training.shared_data import HDFS_HEAD20K, HDFS_HEAD20K_LABELS
 
 N_TRAIN, N_VAL = 32, 8
@@ -62,7 +69,7 @@ def detector(keymap: LogKeyMap) -> LogLLaMADetector:
 @pytest.fixture(scope="module")
 def keyed(normal_sessions: list[list[str]], keymap: LogKeyMap) -> KeyedData:
     keys = [tuple(keymap.keys_of(s)) for s in normal_sessions]
-    return KeyedData(keymap, keys[:N_TRAIN], [1] * N_TRAIN, keys[N_TRAIN:], [1] * N_VAL, ())
+    return KeyedData(keymap, keys[:N_TRAIN], [1.0] * N_TRAIN, keys[N_TRAIN:], [1] * N_VAL, ())
 
 
 def _config(**rl: object) -> object:
@@ -223,21 +230,25 @@ def test_likelihood_control_replays_the_rl_draws_for_exactly_the_given_episodes(
 
 
 
-def test_a_weighted_distinct_sequence_counts_like_its_copies(detector: LogLLaMADetector, keyed: KeyedData) -> None:
-    """dedupe = true trains on distinct sequences weighted by count: the same loss (and so the
-    same gradient) as the copies themselves."""
+def test_weighted_rows_give_the_loss_of_all_the_copies(detector: LogLLaMADetector, keyed: KeyedData) -> None:
+    """dedupe = true trains on distinct sequences as weighted rows: over the rows of an epoch,
+    the loss (and so the gradient) is that of all the copies themselves."""
     model = detector.model
     a, b = keyed.train[0], keyed.train[1]
+    rows, weights = weighted_rows([a, b], [40, 3], max_weight=16)
+    assert rows == [a, a, a, b]
+    copies = [a] * 40 + [b] * 3
+    mean_targets = sum(w * (len(r) + 1) for r, w in zip(rows, weights, strict=True)) / sum(weights)
     model.eval()  # dropout off: the copies would otherwise draw different masks
     with torch.no_grad():
-        copies = model.make_batch([a, a, a, b])
-        weighted = model.make_batch([a, b], [3, 1])
+        every_copy = model.make_batch(copies)
+        weighted = model.make_batch(rows, weights)
         torch.testing.assert_close(
-            model.next_key_loss(model(weighted), weighted), model.next_key_loss(model(copies), copies)
+            model.next_key_loss(model(weighted), weighted, mean_targets), model.next_key_loss(model(every_copy), every_copy)
         )
-        rewarded_c = reward_mask(copies.targets, copies.checked, model.unk, 0.2)
+        rewarded_c = reward_mask(every_copy.targets, every_copy.checked, model.unk, 0.2)
         rewarded_w = reward_mask(weighted.targets, weighted.checked, model.unk, 0.2)
-        copied, _ = reinforce_loss(model(copies), copies.targets, rewarded_c, 7, 10.0, 0.01, copies.weights)
+        copied, _ = reinforce_loss(model(every_copy), every_copy.targets, rewarded_c, 7, 10.0, 0.01)
         once, _ = reinforce_loss(model(weighted), weighted.targets, rewarded_w, 7, 10.0, 0.01, weighted.weights)
         torch.testing.assert_close(once, copied)
 

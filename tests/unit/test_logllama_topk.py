@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.logllama import IGNORE, build_verdict, effective_k, key_batch, outside_topk
-from training.logllama import reinforce_loss, reward_mask, topk_rewards
+from training.logllama import reinforce_loss, reward_mask, topk_rewards, weighted_rows
 
 INF = float("-inf")
 
@@ -161,3 +161,15 @@ def test_a_control_without_the_rl_stage_is_a_config_error() -> None:
     with pytest.raises(UserError, match="rl.control"):
         parse_logllama_config({"rl": {"enabled": False, "control": True}})
     assert parse_logllama_config({"rl": {"control": True}}).rl.control
+
+
+def test_weighted_rows_split_heavy_sequences_and_keep_every_copy() -> None:
+    rows, weights = weighted_rows([(1, 2), (3,), (4, 5, 6)], [35, 1, 16], max_weight=16)
+    assert rows == [(1, 2)] * 3 + [(3,)] + [(4, 5, 6)]
+    assert max(weights) / min(weights) == 16  # 35 copies as three rows of 35/3; one row of 16
+    assert sum(weights) == pytest.approx(len(rows))  # mean 1 per row
+    copies = {row: 0.0 for row in rows}
+    for row, weight in zip(rows, weights, strict=True):
+        copies[row] += weight
+    scale = 52 / len(rows)  # copies per unit of weight
+    assert {row: round(total * scale, 9) for row, total in copies.items()} == {(1, 2): 35, (3,): 1, (4, 5, 6): 16}
