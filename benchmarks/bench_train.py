@@ -38,6 +38,8 @@ CONFIGS = {
     "bgl": REPO / "training" / "configs" / "logllm_bgl_small_cpu.toml",
 }
 FRACTIONS = (0.05, 0.10, 0.25)
+# What the results file holds about the full run (kept when its run folder is gone).
+FULL_RUN_KEYS = ("dataset", "model", "split", "split_counts", "recipe", "logllm", "baseline", "stages")
 # Anomaly-associated templates whose words say what went wrong; chosen by hand from the
 # per-template label counts (documented in RESULTS.md). Regexes over the raw message.
 HOLD_OUT = {
@@ -205,21 +207,59 @@ def main() -> None:
         elif name not in runs and (cfg.output / "config.json").exists():
             runs[name] = reused_run_record(cfg) or {}
 
-    # An experiment that was not run (CPU budget) is reported as such, never filled in.
+    # An experiment that was not run (CPU budget) is reported as such, never filled in. One
+    # whose run folder is gone (runs/ is not kept) keeps the figures an earlier run of this
+    # script measured, from the results file, marked with that file's date.
     reports = {
         name: json.loads((cfg.output / "eval" / "report.json").read_text())
         for name, cfg in configs.items()
         if (cfg.output / "eval" / "report.json").exists()
     }
-    if "full" not in reports:
-        raise SystemExit(f"bench_train: the full run has no report yet ({configs['full'].output}); run it first")
-    full = reports["full"]
+    previous_path = RESULTS_DIR / f"train_{args.dataset}.json"
+    previous = json.loads(previous_path.read_text()) if previous_path.exists() else {}
+    carried: dict[str, str] = {}  # experiment -> date of the results file that first held its figures
+
+    def measured_on(name: str) -> str:
+        return str(previous.get("carried_over", {}).get(name, previous.get("date")))
+
     full_cfg = configs["full"]
-    curve = [
-        _curve_point(fraction, reports[name])
-        for fraction, name in [(f, f"fraction-{f:g}") for f in FRACTIONS] + [(1.0, "full")]
-        if name in reports
-    ]
+    if "full" in reports:
+        full = reports["full"]
+        manifest = json.loads((full_cfg.output / "detector" / "manifest.json").read_text())
+        recipe = {s.name: {"trains": s.trains, "epochs": s.epochs, "lr": s.lr, "samples_per_epoch": s.samples}
+                  for s in full_cfg.stages}
+        full_fields: dict[str, Any] = {
+            "dataset": f"{full_cfg.data.describe()} ({'HDFS_2pct block sessions' if args.dataset == 'hdfs' else 'BGL_windows100, templates rendered as text'})",
+            "model": {
+                "encoder": manifest["architecture"]["encoder"],
+                "decoder": manifest["architecture"]["decoder"],
+                "detector_version": f"logllm-{manifest['version']}",
+            },
+            "split": full["split"]["how"],
+            "split_counts": full["split"],
+            "recipe": {"config": str(CONFIGS[args.dataset].relative_to(REPO)), "stages": recipe,
+                       "micro_batch": full_cfg.optim.micro_batch, "accumulation": full_cfg.optim.accumulation,
+                       "beta": full_cfg.sampler.beta, "threads": full_cfg.runtime.threads, "dtype": full_cfg.runtime.dtype},
+            "logllm": _metrics(full["results"]["logllm"]),
+            "baseline": _metrics(full["results"]["baseline"]),
+            "stages": _stages(full_cfg.output),
+        }
+    elif previous:
+        full_fields = {key: previous[key] for key in FULL_RUN_KEYS}
+        carried["full"] = measured_on("full")
+    else:
+        raise SystemExit(f"bench_train: the full run has no report yet ({full_cfg.output}); run it first")
+    earlier_points = {point["fraction"]: point for point in previous.get("learning_curve", [])}
+    curve = []
+    for fraction, name in [(f, f"fraction-{f:g}") for f in FRACTIONS] + [(1.0, "full")]:
+        if name in reports:
+            curve.append(_curve_point(fraction, reports[name]))
+        elif name == "full":
+            curve.append({**earlier_points.get(1.0, {}), "fraction": 1.0,
+                          "logllm_f1": full_fields["logllm"]["f1"], "baseline_f1": full_fields["baseline"]["f1"]})
+        elif fraction in earlier_points:
+            curve.append(earlier_points[fraction])
+            carried[name] = measured_on(name)
     unseen_block: dict[str, Any] = {"held_out": HOLD_OUT[args.dataset], "logllm_f1": None, "baseline_f1": None}
     if "unseen" in reports:
         unseen = reports["unseen"]
@@ -233,28 +273,19 @@ def main() -> None:
             "logllm": _metrics(unseen["results"]["logllm"]),
             "baseline": _metrics(unseen["results"]["baseline"]),
         }
-    not_run = sorted(set(configs) - set(reports))
-    manifest = json.loads((full_cfg.output / "detector" / "manifest.json").read_text())
-    recipe = {s.name: {"trains": s.trains, "epochs": s.epochs, "lr": s.lr, "samples_per_epoch": s.samples}
-              for s in full_cfg.stages}
+    elif previous.get("unseen_templates", {}).get("logllm_f1") is not None:
+        unseen_block = previous["unseen_templates"]
+        carried["unseen"] = measured_on("unseen")
+    earlier_runs = previous.get("runs", {})
+    run_records = {name: {**runs.get(name, {}), "output": str(cfg.output)} for name, cfg in configs.items() if name in reports}
+    run_records |= {name: earlier_runs[name] for name in carried if name in earlier_runs}
+    not_run = sorted(set(configs) - set(reports) - set(carried))
     payload = {
-        "dataset": f"{full_cfg.data.describe()} ({'HDFS_2pct block sessions' if args.dataset == 'hdfs' else 'BGL_windows100, templates rendered as text'})",
-        "model": {
-            "encoder": manifest["architecture"]["encoder"],
-            "decoder": manifest["architecture"]["decoder"],
-            "detector_version": f"logllm-{manifest['version']}",
-        },
-        "split": full["split"]["how"],
-        "split_counts": full["split"],
-        "recipe": {"config": str(CONFIGS[args.dataset].relative_to(REPO)), "stages": recipe,
-                   "micro_batch": full_cfg.optim.micro_batch, "accumulation": full_cfg.optim.accumulation,
-                   "beta": full_cfg.sampler.beta, "threads": full_cfg.runtime.threads, "dtype": full_cfg.runtime.dtype},
-        "logllm": _metrics(full["results"]["logllm"]),
-        "baseline": _metrics(full["results"]["baseline"]),
-        "stages": _stages(full_cfg.output),
+        **full_fields,
         "learning_curve": curve,
         "unseen_templates": unseen_block,
-        "runs": {name: {**runs.get(name, {}), "output": str(cfg.output)} for name, cfg in configs.items() if name in reports},
+        "runs": run_records,
+        "carried_over": carried,
         "not_run": not_run,
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -262,7 +293,7 @@ def main() -> None:
     _plot_learning_curve(args.dataset, curve, curve_png)
     for plot in ("pr_curve.png", "training_loss.png"):
         source = full_cfg.output / "eval" / plot
-        if source.exists():
+        if "full" in reports and source.exists():
             shutil.copy(source, RESULTS_DIR / f"train_{args.dataset}_{plot}")
     payload["plots"] = [curve_png.name, f"train_{args.dataset}_pr_curve.png", f"train_{args.dataset}_training_loss.png"]
     write_result(f"train_{args.dataset}", payload, _markdown(args.dataset, payload))
@@ -294,6 +325,13 @@ def _markdown(dataset: str, p: dict[str, Any]) -> str:
 """
     else:
         unseen = f"Unseen templates (held out: {held}): not run.\n"
+    carried = (
+        "Carried over from earlier runs of this script (their run folders are gone; the figures are those measured "
+        "then, as written in the results file of that date): "
+        + ", ".join(f"{name} ({date})" for name, date in p["carried_over"].items())
+        + ".\n\n"
+        if p.get("carried_over") else ""
+    )
     not_run = (
         f"Not run within this session's CPU budget: {', '.join(p['not_run'])} (each is a ~40-60 min training run on "
         f"this 2-core machine; `python benchmarks/bench_train.py --dataset {dataset}` runs them, resumably)."
@@ -331,7 +369,7 @@ Runs (each a separate `logllm train` process; CPU seconds of the child):
 |---|---|---|---|
 {runs}
 
-{not_run}
+{carried}{not_run}
 
 ![learning curve](results/train_{dataset}_learning_curve.png) ![precision-recall](results/train_{dataset}_pr_curve.png) ![training loss](results/train_{dataset}_training_loss.png)
 """

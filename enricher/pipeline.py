@@ -356,11 +356,11 @@ class Worker:
         cuts = Prefetch(self._cuts(state, before_ms, summary), CUTS_AHEAD)
         try:
             for ready in cuts.ready(lambda taken: sum(len(cut.closed) for cut in taken) >= size):
+                if stop.is_set():
+                    return
                 closed = [group for cut in ready for group in cut.closed]
                 dead = [letter for cut in ready for letter in cut.dead]
                 self._flush(summary, writer, closed, dead, ready[-1].checkpoint, stop)
-                if stop.is_set():
-                    return
         finally:
             cuts.close()
 
