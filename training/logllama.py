@@ -565,9 +565,16 @@ class LogLLaMATrainer:
                         break
                 if record.stopped:
                     break
-        record.stopped = record.stopped or f"{cfg.epochs} epochs"
-        model.load_trainable_state(best_state)
-        model.eval()
+        return self._finish(record, f"{cfg.epochs} epochs", best_state, best, started)
+
+    def _finish(
+        self, record: StageRecord, ran_out: str, best_state: dict[str, torch.Tensor], best: dict[str, float], started: float
+    ) -> StageRecord:
+        """End a stage: keep the best validated weights, say why it stopped (`ran_out` when it
+        went the full length) and how long it took."""
+        record.stopped = record.stopped or ran_out
+        self.model.load_trainable_state(best_state)
+        self.model.eval()
         record.best = best
         record.wall_s = time.perf_counter() - started
         return record
@@ -641,12 +648,7 @@ class LogLLaMATrainer:
                 if stale > cfg.patience:
                     record.stopped = f"early stop after episode {episode} ({stale} stale episodes)"
                     break
-        record.stopped = record.stopped or f"{episodes} episodes"
-        model.load_trainable_state(best_state)
-        model.eval()
-        record.best = best
-        record.wall_s = time.perf_counter() - started
-        return record
+        return self._finish(record, f"{episodes} episodes", best_state, best, started)
 
     def likelihood_step(self, batch: Any, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """The control's step: next-key cross-entropy (reward reported for comparison only)."""
