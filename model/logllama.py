@@ -285,8 +285,9 @@ class LogLLaMA(nn.Module):
         targets = batch.targets.masked_fill(batch.targets == self.unk, IGNORE)
         nll = nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")  # [B, L]
         valid = (targets != IGNORE).float() * batch.weights.unsqueeze(-1)
-        total = valid.sum() if mean_targets is None else torch.tensor(len(batch.weights) * mean_targets)
-        return (nll * valid).sum() / total.clamp(min=1e-9)
+        if mean_targets is None:
+            return (nll * valid).sum() / valid.sum().clamp(min=1e-9)
+        return (nll * valid).sum() / max(len(batch.weights) * mean_targets, 1e-9)
 
     @torch.no_grad()
     def sample_contexts(self, batch: KeyBatch, prompt: torch.Tensor, generator: torch.Generator | None = None) -> KeyBatch:

@@ -56,7 +56,7 @@ from torch import nn
 from model.detector import RuntimeSettings
 from model.errors import UserError
 from model.logkeys import DrainSettings, LogKeyMap
-from model.logllama import DEFAULT_K, IGNORE, KeyBatch, LogLLaMAArchitecture, LogLLaMADetector, outside_topk
+from model.logllama import DEFAULT_K, IGNORE, KeyBatch, LogLLaMAArchitecture, LogLLaMADetector, key_batch, outside_topk
 from training.config import DataConfig, format_validation_error
 from training.data import Dataset, LabelledSequence, build_split, load_dataset
 
@@ -258,13 +258,6 @@ def _distinct(sequences: Sequence[tuple[int, ...]], dedupe: bool) -> tuple[list[
     return list(counts), list(counts.values())
 
 
-def _loss_targets(keys: tuple[int, ...], session: bool, max_keys: int, unk: int) -> int:
-    """Targets the next-key loss counts for one sequence (`model.logllama.key_batch`): its first
-    `max_keys` keys except `unk`, plus the end of an uncut session."""
-    kept = keys[:max_keys]
-    return len(kept) - kept.count(unk) + int(session and len(keys) <= max_keys)
-
-
 def weighted_rows(
     sequences: Sequence[tuple[int, ...]], counts: Sequence[int], max_weight: int = MAX_ROW_WEIGHT
 ) -> tuple[list[tuple[int, ...]], list[float]]:
@@ -342,9 +335,11 @@ def prepare_data(config: LogLLaMATrainConfig, dataset: Dataset | None = None) ->
     if config.dedupe:
         # Targets per training sequence, over every copy: the constant that makes a weighted
         # batch's loss an unbiased estimate of the all-copies token mean.
+        # Counted on the very batch layout the loss sees (end targets, cuts, unk skipped).
         arch = config.architecture
-        targets = [_loss_targets(keys, arch.sequence_kind == "session", arch.max_keys, keymap.unk) for keys in train]
-        mean_targets = sum(w * n for w, n in zip(train_weights, targets, strict=True)) / sum(train_weights)
+        rows = key_batch(train, keymap.n_keys, arch.sequence_kind, arch.max_keys, weights=train_weights)
+        counted = ((rows.targets != IGNORE) & (rows.targets != keymap.unk)).sum(-1).float()
+        mean_targets = float((counted * rows.weights).sum() / rows.weights.sum())
     return KeyedData(keymap, train, train_weights, val, val_counts, split.test, summary, mean_targets)
 
 
