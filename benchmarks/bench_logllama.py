@@ -35,6 +35,7 @@ from benchmarks.common import RESULTS_DIR, peak_rss_mb, write_result  # noqa: E4
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC_KEYS = ("precision", "recall", "f1", "tp", "fp", "fn", "tn")
+REFERENCE_KEYS = (*METRIC_KEYS, "average_precision")
 # LogLLM-small figures when no results/train_<dataset>.json exists: the shipped model's own report.
 SHIPPED_REPORTS = {"hdfs": REPO / "model" / "shipped" / "logllm-small-hdfs" / "report.json"}
 
@@ -51,8 +52,10 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if len(runs) == 1:
         return runs[0]
     out: dict[str, Any] = {}
-    for key in ("precision", "recall", "f1"):
-        values = [r[key] for r in runs]
+    for key in ("precision", "recall", "f1", "average_precision"):
+        values = [r[key] for r in runs if key in r]
+        if len(values) < len(runs):
+            continue
         out[key] = round(statistics.mean(values), 6)
         out[f"{key}_std"] = round(statistics.stdev(values), 6)
     out["per_seed"] = runs
@@ -67,8 +70,8 @@ def _reference(dataset: str, split: Any) -> dict[str, Any]:
         return {
             "source": f"benchmarks/results/{path.name} ({data.get('date', '?')})",
             "split": data.get("split"),
-            "logllm": {k: data["logllm"].get(k) for k in METRIC_KEYS} if "logllm" in data else None,
-            "baseline": {k: data["baseline"].get(k) for k in METRIC_KEYS} if "baseline" in data else None,
+            "logllm": {k: data["logllm"].get(k) for k in REFERENCE_KEYS} if "logllm" in data else None,
+            "baseline": {k: data["baseline"].get(k) for k in REFERENCE_KEYS} if "baseline" in data else None,
         }
     from training.baseline import TemplateCountBaseline
     from training.evaluate import binary_metrics
@@ -82,7 +85,7 @@ def _reference(dataset: str, split: Any) -> dict[str, Any]:
         report = json.loads(shipped.read_text())
         # Only figures from the very same split are comparable.
         if report.get("split", {}).get("how") == split.how and report["split"].get("test") == len(split.test):
-            logllm = {k: report["results"]["logllm"].get(k) for k in METRIC_KEYS}
+            logllm = {k: report["results"]["logllm"].get(k) for k in REFERENCE_KEYS}
             logllm_source = f"LogLLM-small: the shipped model's report {shipped.relative_to(REPO)} (same split)"
     return {
         "source": f"baseline trained by this script on the same split; {logllm_source}",
@@ -104,7 +107,7 @@ def _same_run(config: Any) -> bool:
 
 def run_dataset(args: argparse.Namespace) -> None:
     from training.data import build_split, load_dataset
-    from training.logllama import load_logllama_config, train_logllama
+    from training.logllama import evaluate_run, load_logllama_config, prepare_data, train_logllama
 
     config_path = args.config or REPO / "training" / "configs" / f"logllama_{args.dataset}.toml"
     base = load_logllama_config(config_path)
@@ -118,7 +121,9 @@ def run_dataset(args: argparse.Namespace) -> None:
     for seed in args.seeds or [base.seed]:
         config = base.model_copy(update={"seed": seed, "output": args.run_dir / f"{args.dataset}-seed{seed}"})
         if args.reuse and _same_run(config):
-            print(f"bench_logllama: reusing the finished run {config.output} (same config)", file=sys.stderr)
+            print(f"bench_logllama: re-scoring the finished run {config.output} (same config)", file=sys.stderr)
+            folders = json.loads((config.output / "training.json").read_text())["folders"]
+            evaluate_run(config, prepare_data(config, dataset), {name: Path(f) for name, f in folders.items()})
             folder = config.output / "detector"
             reused.append(str(config.output))
         else:
@@ -222,19 +227,22 @@ def _markdown(p: dict[str, Any]) -> str:
         ("baseline (drain3 + counts + tree)", ref.get("baseline")),
     ]
     table = "\n".join(
-        f"| {name} | {_fmt(m, 'precision')} | {_fmt(m, 'recall')} | {_fmt(m, 'f1')} |" for name, m in rows
+        f"| {name} | {_fmt(m, 'precision')} | {_fmt(m, 'recall')} | {_fmt(m, 'f1')} | {_fmt(m, 'average_precision')} |"
+        for name, m in rows
     )
     stages = "; ".join(f"{n}: {s['wall_s']} s, {s['steps']} steps, stopped: {s['stopped']}" for n, s in p["stages"].items())
     return (
         f"Dataset: {p['dataset']}; seeds {p['seeds']}. Decoder `{p['model']['decoder']}` + LoRA, "
         f"{p['model']['n_keys']} keys, K = {p['k']} (requested {p['k_requested']}), CPU fp32. "
         f"Detector `{p['model']['detector_version']}` (no RL: `{p['model']['without_rl_version']}`).\n\n"
-        "| detector | precision | recall | F1 |\n|---|---|---|---|\n"
-        f"{table}\n\nRL gain in F1: {p['rl_gain_f1']:+.3f} over no RL"
+        "| detector | precision | recall | F1 | AP of the score |\n|---|---|---|---|---|\n"
+        f"{table}\n\nLabels are the Top-K rule; AP is the average precision of each detector's continuous "
+        "score on the test split (LogLLaMA: the surprisal of a sequence's least likely key). "
+        f"RL gain in F1: {p['rl_gain_f1']:+.3f} over no RL"
         + (f", {p['rl_gain_f1_over_lm_continued']:+.3f} over the control" if p["lm_continued"] else "")
         + f". Stages (first seed): {stages}. "
         f"Training wall time per run: {p['training_wall_s']} s"
-        + (f" (reused finished runs: {', '.join(p['reused_runs'])})" if p["reused_runs"] else "")
+        + (f" (trained earlier, re-scored now: {', '.join(p['reused_runs'])})" if p["reused_runs"] else "")
         + f". Reference figures: {ref['source']}.\n\n"
         f"Unseen keys: {p['unseen_key_ceiling']['normal_test_sequences_with_unseen_key']} normal and "
         f"{p['unseen_key_ceiling']['anomalous_test_sequences_with_unseen_key']} anomalous test sequences hold a key "
@@ -475,7 +483,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="one training run per seed (default: the config's seed)")
     parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "bench-logllama", help="where runs are written")
     parser.add_argument(
-        "--reuse", action="store_true", help="reuse a finished run folder trained with the same config instead of retraining"
+        "--reuse", action="store_true",
+        help="reuse a finished run folder trained with the same config instead of retraining (its folders are re-scored)"
     )
     parser.add_argument("--compare-keys", action="store_true", help="added key tokens vs template text on a small subset")
     parser.add_argument("--train", type=int, default=96, help="--compare-keys: distinct normal training sequences")

@@ -785,18 +785,26 @@ def train_logllama(
     record["wall_s"] = time.perf_counter() - started
     (out / "training.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     if config.evaluate:
-        from model.detector import load_detector
-
-        report: dict[str, Any] = {"split": data.summary["split"], "k": detector.k, "n_keys": data.keymap.n_keys}
-        names = {"detector": "with_rl" if config.rl.enabled else "without_rl", "without_rl": "without_rl",
-                 "lm_continued": "lm_continued"}
-        for folder_name, folder in folders.items():
-            scored = load_detector(folder, config.runtime)
-            assert isinstance(scored, LogLLaMADetector)
-            report[names[folder_name]] = _metrics_of(scored, data.test, f"logllama-{names[folder_name]}")
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        log.info("logllama report: %s", {k: v for k, v in report.items() if k != "split"})
+        evaluate_run(config, data, folders)
     return folders["detector"]
+
+
+def evaluate_run(config: LogLLaMATrainConfig, data: KeyedData, folders: dict[str, Path]) -> dict[str, Any]:
+    """Score the test split with every folder of a run (`detector`, `without_rl`,
+    `lm_continued`) and write the run's report.json; also re-scores a finished run."""
+    from model.detector import load_detector
+
+    report: dict[str, Any] = {"split": data.summary["split"], "n_keys": data.keymap.n_keys}
+    names = {"detector": "with_rl" if config.rl.enabled else "without_rl", "without_rl": "without_rl",
+             "lm_continued": "lm_continued"}
+    for folder_name, folder in folders.items():
+        scored = load_detector(folder, config.runtime)
+        assert isinstance(scored, LogLLaMADetector)
+        report["k"] = scored.k
+        report[names[folder_name]] = _metrics_of(scored, data.test, f"logllama-{names[folder_name]}")
+    (config.output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    log.info("logllama report: %s", {k: v for k, v in report.items() if k != "split"})
+    return report
 
 
 

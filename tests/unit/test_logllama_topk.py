@@ -1,5 +1,5 @@
 """LogLLaMA's pure parts on hand-built cases: the Top-K rule, K capping, the sequence layout,
-verdicts with line positions, and the RL reward and loss."""
+verdicts with line positions and their surprisal score, and the RL reward and loss."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from model.logllama import IGNORE, build_verdict, effective_k, key_batch, outside_topk
+from model.logllama import IGNORE, build_verdict, effective_k, key_batch, least_likely, outside_topk, surprisal_score
 from training.logllama import reinforce_loss, reward_mask, topk_rewards, weighted_rows
 
 INF = float("-inf")
@@ -70,15 +70,41 @@ def test_a_cut_session_gets_no_end_target() -> None:
 
 def test_verdict_positions_are_the_failed_lines() -> None:
     keys = (0, 1, 5, 2)
-    ok = build_verdict(keys, [False] * 5, 5, 7, "logllama-x")
-    assert (ok.label, ok.score, ok.positions) == (0, 0.0, ())
-    bad = build_verdict(keys, [False, False, True, False, True], 5, 7, "logllama-x", lambda k: f"K{k}")
-    assert bad.label == 1
-    assert bad.score == pytest.approx(2 / 5)
+    ok = build_verdict(keys, [False] * 5, 5, 7, "logllama-x", (math.log(4), 1, 8))
+    assert (ok.label, ok.positions) == (0, ())
+    assert ok.score == pytest.approx(math.log(4) / (math.log(4) + math.log(8)))
+    assert "least likely #1 1 (p=0.25)" in ok.answer
+    bad = build_verdict(keys, [False, False, True, False, True], 5, 7, "logllama-x", (math.inf, 2, 8), lambda k: f"K{k}")
+    assert (bad.label, bad.score) == (1, 1.0)
     # Target 2 is line 2; target 4 is the end of the session, reported at the last line (3).
     assert bad.positions == (2, 3)
-    assert "#2 K5" in bad.answer and "end of sequence" in bad.answer
+    assert "#2 K5" in bad.answer and "end of sequence" in bad.answer and "least likely #2 K5 (unseen)" in bad.answer
     assert bad.model_version == "logllama-x"
+
+
+def test_least_likely_is_the_checked_target_with_the_lowest_probability() -> None:
+    logits = torch.tensor(
+        [
+            [2.0, 0.0, 0.0, INF],  # target 1: p = 1 / (e^2 + 2)
+            [0.0, 0.0, 9.0, INF],  # target 0: far less likely, but not checked
+            [0.0, 0.0, 0.0, INF],  # target 2: p = 1/3
+            [0.0, 0.0, 0.0, 0.0],  # padding
+        ]
+    )
+    targets = torch.tensor([1, 0, 2, IGNORE])
+    checked = torch.tensor([True, False, True, False])
+    surprisal, at, candidates = least_likely(logits, targets, checked)
+    assert (at, candidates) == (0, 3)
+    assert surprisal == pytest.approx(math.log(math.e**2 + 2))
+    # A non-candidate target (unk) is infinitely surprising; nothing checked is no surprise.
+    assert least_likely(logits, torch.tensor([3, 0, 0, 0]), checked)[:2] == (math.inf, 0)
+    assert least_likely(logits, targets, torch.zeros(4, dtype=torch.bool))[0] == 0.0
+
+
+def test_surprisal_score_is_monotone_in_zero_one() -> None:
+    scores = [surprisal_score(s, 16) for s in (0.0, 1.0, math.log(16), 10.0, 100.0, math.inf)]
+    assert scores[0] == 0.0 and scores[2] == pytest.approx(0.5) and scores[-1] == 1.0
+    assert scores == sorted(scores) and all(0.0 <= x <= 1.0 for x in scores)
 
 
 def test_reward_mask_skips_the_prompt_padding_and_unk() -> None:
