@@ -237,7 +237,8 @@ def _markdown(p: dict[str, Any]) -> str:
         f"Detector `{p['model']['detector_version']}` (no RL: `{p['model']['without_rl_version']}`).\n\n"
         "| detector | precision | recall | F1 | AP of the score |\n|---|---|---|---|---|\n"
         f"{table}\n\nLabels are the Top-K rule; AP is the average precision of each detector's continuous "
-        "score on the test split (LogLLaMA: the surprisal of a sequence's least likely key). "
+        "score on the test split (LogLLaMA: the surprisal of a sequence's least likely key, "
+        "ties broken by the share of keys outside the Top-K). "
         f"RL gain in F1: {p['rl_gain_f1']:+.3f} over no RL"
         + (f", {p['rl_gain_f1_over_lm_continued']:+.3f} over the control" if p["lm_continued"] else "")
         + f". Stages (first seed): {stages}. "

@@ -19,7 +19,9 @@ template is always outside the Top-K. Checked targets: all of them for sessions;
 
 The label is METHOD.md's Top-K rule. The continuous score ranks sequences by how surprising
 their least likely checked key is: the Top-K rule only says whether a key fell outside, while
-its probability says by how much (on HDFS it lifts the average precision from 0.75-0.95 to 0.98-0.99).
+its probability says by how much (on HDFS it lifts the average precision from 0.75-0.95 to 0.98).
+Ties (every sequence with an unseen key has the same least likely key) go to the share of keys
+outside the Top-K, which is what separates BGL windows: most of them hold an unseen key.
 
 Shapes in comments: B sequences, L positions, D decoder width, C = n_keys + 2 logit rows.
 """
@@ -57,6 +59,9 @@ IGNORE = -100
 # METHOD.md §3.5: K per dataset; capped at floor(0.95 * |V|) where |V| = number of keys.
 DEFAULT_K = {"hdfs": 7, "bgl": 80, "thunderbird": 690}
 K_CAP_FRACTION = 0.95
+# Weight of the share of keys outside the Top-K in the score: small enough to act only between
+# sequences whose least likely keys are (nearly) equally surprising, above float32's 6e-8 at 1.0.
+TIE_BREAK_WEIGHT = 1e-3
 
 SequenceKind = Literal["session", "window"]
 
@@ -199,8 +204,9 @@ def build_verdict(
 
     Target t < n is message t's key; target n is the end of a session, reported at the last
     message (the line after which the model expected more). label = any outside; score =
-    `surprisal_score` of `least` (the `least_likely` target), for normal and anomalous
-    sequences alike; `name_of(key)` names keys in the explanation.
+    `surprisal_score` of `least` (the `least_likely` target), ties broken by the share of
+    checked targets outside (weight TIE_BREAK_WEIGHT), for normal and anomalous sequences
+    alike; `name_of(key)` names keys in the explanation.
     """
     n = len(keys)
     surprisal, at, n_candidates = least
@@ -208,10 +214,11 @@ def build_verdict(
     def target_name(t: int) -> str:
         return "end of sequence" if t == n else f"#{t} {name_of(keys[t])}"
 
-    score = surprisal_score(surprisal, n_candidates)
+    failed = [t for t, bad in enumerate(outside) if bad]
+    share_outside = len(failed) / max(n_checked, 1)
+    score = (1 - TIE_BREAK_WEIGHT) * surprisal_score(surprisal, n_candidates) + TIE_BREAK_WEIGHT * share_outside
     odds = "unseen" if math.isinf(surprisal) else f"p={math.exp(-surprisal):.2g}"
     least_text = f"least likely {target_name(at)} ({odds})"
-    failed = [t for t, bad in enumerate(outside) if bad]
     if not failed:
         return Verdict(0, score, version, f"all {n_checked} keys within top-{k}; {least_text}")
     positions = tuple(sorted({min(t, n - 1) for t in failed}))
@@ -380,7 +387,7 @@ class LogLLaMADetector:
 
     `Verdict.positions` are the indices of the messages whose key fell outside the Top-K (for
     a session that ended where the model expected more, the last message); `score` is the
-    `surprisal_score` of the least likely checked key.
+    `surprisal_score` of the least likely checked key (ties: the share outside the Top-K).
     """
 
     name = "logllama"

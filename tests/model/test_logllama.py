@@ -140,8 +140,8 @@ def test_an_unseen_line_is_flagged_at_its_position(detector: LogLLaMADetector, n
     session.insert(2, "Disk quota exceeded on volume /data/7 while writing blk_1")  # no such template in training
     verdict = detector.score([session])[0]
     assert verdict.label == 1 and 2 in verdict.positions
-    assert verdict.score == 1.0 and "<unk>" in verdict.answer and "(unseen)" in verdict.answer
-    # The continuous score ranks every sequence, normal ones too: below an unseen key's 1.0.
+    assert verdict.score > 0.99 and "<unk>" in verdict.answer and "(unseen)" in verdict.answer
+    # The continuous score ranks every sequence, normal ones too: below an unseen key's.
     normal = detector.score([normal_sessions[0]])[0]
     assert 0 < normal.score < verdict.score and "least likely" in normal.answer
     assert detector.score([[]])[0].label == 0

@@ -8,7 +8,16 @@ import math
 import pytest
 import torch
 
-from model.logllama import IGNORE, build_verdict, effective_k, key_batch, least_likely, outside_topk, surprisal_score
+from model.logllama import (
+    IGNORE,
+    TIE_BREAK_WEIGHT,
+    build_verdict,
+    effective_k,
+    key_batch,
+    least_likely,
+    outside_topk,
+    surprisal_score,
+)
 from training.logllama import reinforce_loss, reward_mask, topk_rewards, weighted_rows
 
 INF = float("-inf")
@@ -72,10 +81,13 @@ def test_verdict_positions_are_the_failed_lines() -> None:
     keys = (0, 1, 5, 2)
     ok = build_verdict(keys, [False] * 5, 5, 7, "logllama-x", (math.log(4), 1, 8))
     assert (ok.label, ok.positions) == (0, ())
-    assert ok.score == pytest.approx(math.log(4) / (math.log(4) + math.log(8)))
+    assert ok.score == pytest.approx((1 - TIE_BREAK_WEIGHT) * math.log(4) / (math.log(4) + math.log(8)))
     assert "least likely #1 1 (p=0.25)" in ok.answer
     bad = build_verdict(keys, [False, False, True, False, True], 5, 7, "logllama-x", (math.inf, 2, 8), lambda k: f"K{k}")
-    assert (bad.label, bad.score) == (1, 1.0)
+    assert bad.label == 1 and bad.score == pytest.approx(1 - TIE_BREAK_WEIGHT + TIE_BREAK_WEIGHT * 2 / 5)
+    # Equally surprising least likely keys (both unseen): more keys outside scores higher.
+    worse = build_verdict(keys, [False, True, True, False, True], 5, 7, "logllama-x", (math.inf, 2, 8))
+    assert bad.score < worse.score <= 1.0
     # Target 2 is line 2; target 4 is the end of the session, reported at the last line (3).
     assert bad.positions == (2, 3)
     assert "#2 K5" in bad.answer and "end of sequence" in bad.answer and "least likely #2 K5 (unseen)" in bad.answer
