@@ -53,9 +53,9 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return runs[0]
     out: dict[str, Any] = {}
     for key in ("precision", "recall", "f1", "average_precision"):
-        values = [r[key] for r in runs if key in r]
-        if len(values) < len(runs):
-            continue
+        if not all(key in r for r in runs):
+            continue  # e.g. no average precision in reports written before it was measured
+        values = [r[key] for r in runs]
         out[key] = round(statistics.mean(values), 6)
         out[f"{key}_std"] = round(statistics.stdev(values), 6)
     out["per_seed"] = runs
@@ -107,7 +107,7 @@ def _same_run(config: Any) -> bool:
 
 def run_dataset(args: argparse.Namespace) -> None:
     from training.data import build_split, load_dataset
-    from training.logllama import evaluate_run, load_logllama_config, prepare_data, train_logllama
+    from training.logllama import evaluate_logllama_run, load_logllama_config, prepare_data, train_logllama
 
     config_path = args.config or REPO / "training" / "configs" / f"logllama_{args.dataset}.toml"
     base = load_logllama_config(config_path)
@@ -123,7 +123,7 @@ def run_dataset(args: argparse.Namespace) -> None:
         if args.reuse and _same_run(config):
             print(f"bench_logllama: re-scoring the finished run {config.output} (same config)", file=sys.stderr)
             folders = json.loads((config.output / "training.json").read_text())["folders"]
-            evaluate_run(config, prepare_data(config, dataset), {name: Path(f) for name, f in folders.items()})
+            evaluate_logllama_run(config, prepare_data(config, dataset), {name: Path(f) for name, f in folders.items()})
             folder = config.output / "detector"
             reused.append(str(config.output))
         else:

@@ -785,11 +785,11 @@ def train_logllama(
     record["wall_s"] = time.perf_counter() - started
     (out / "training.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     if config.evaluate:
-        evaluate_run(config, data, folders)
+        evaluate_logllama_run(config, data, folders)
     return folders["detector"]
 
 
-def evaluate_run(config: LogLLaMATrainConfig, data: KeyedData, folders: dict[str, Path]) -> dict[str, Any]:
+def evaluate_logllama_run(config: LogLLaMATrainConfig, data: KeyedData, folders: dict[str, Path]) -> None:
     """Score the test split with every folder of a run (`detector`, `without_rl`,
     `lm_continued`) and write the run's report.json; also re-scores a finished run."""
     from model.detector import load_detector
@@ -804,7 +804,6 @@ def evaluate_run(config: LogLLaMATrainConfig, data: KeyedData, folders: dict[str
         report[names[folder_name]] = _metrics_of(scored, data.test, f"logllama-{names[folder_name]}")
     (config.output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     log.info("logllama report: %s", {k: v for k, v in report.items() if k != "split"})
-    return report
 
 
 
