@@ -157,6 +157,13 @@ def run_dataset(args: argparse.Namespace) -> None:
         "LogLLaMA trains on the normal training sequences only (10% of them held out for validation).",
         "Keys are fixed from the normal training data; an unseen template maps to <unk>, always outside the Top-K.",
     ]
+    rare = trainings[0]["data"].get("rare_templates_as_unk")
+    if rare:
+        notes.append(
+            f"min_key_share = {base.min_key_share} (ours, not METHOD.md): templates in fewer than that share of the "
+            "normal training sequences are no keys, so their lines are <unk>: "
+            + "; ".join(f"'{r['template']}' ({r['sequences']} sequences)" for r in rare) + "."
+        )
     if args.dataset == "hdfs":
         notes.append("E30 ('BLOCK* ask ... to delete') is absent from HDFS_2pct, so it would be <unk> on other HDFS files.")
     else:
@@ -247,7 +254,7 @@ def _markdown(p: dict[str, Any]) -> str:
         + f". Reference figures: {ref['source']}.\n\n"
         f"Unseen keys: {p['unseen_key_ceiling']['normal_test_sequences_with_unseen_key']} normal and "
         f"{p['unseen_key_ceiling']['anomalous_test_sequences_with_unseen_key']} anomalous test sequences hold a key "
-        "never seen in normal training; the rule flags them whatever the model, so precision is at most "
+        "never seen in normal training (or too rare to be one); the rule flags them whatever the model, so precision is at most "
         f"{p['unseen_key_ceiling']['max_precision']:.3f} (F1 at most {p['unseen_key_ceiling']['max_f1']:.3f}).\n\n"
         + "\n".join(f"- {n}" for n in p["notes"])
         + "\n"

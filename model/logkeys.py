@@ -138,6 +138,21 @@ class LogKeyMap:
         drain.clusters_counter = len(templates)
         return cls(drain, settings, mask, names, list(range(1, len(templates) + 1)))
 
+    def keeping(self, keys: Iterable[int]) -> LogKeyMap:
+        """A map with only `keys` (indices into this map, order kept) as keys: every other
+        template stays in the miner, so its messages still match it, and maps to `UNK`.
+
+        Raises:
+            ValueError: an index is not a key of this map.
+        """
+        kept = sorted(set(keys))
+        if kept and not 0 <= kept[0] <= kept[-1] < self.n_keys:
+            raise ValueError(f"key indices {kept} are not all within 0..{self.n_keys - 1}")
+        return LogKeyMap(
+            self._drain, self.settings, self.mask, [self.names[k] for k in kept], [self.cluster_ids[k] for k in kept],
+            self._cache.maxsize,
+        )
+
     # ------------------------------------------------------------------ mapping
     @property
     def n_keys(self) -> int:

@@ -167,6 +167,14 @@ class LogLLaMATrainConfig(BaseModel):
         "a block ends after a key) at the cost of the rows only (HDFS_2pct: 1,101 distinct sequences, ~1,430 rows, "
         "for 8,023 normal training blocks); validation is always weighted by count",
     )
+    min_key_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="a template found in fewer than this share of the normal training sequences is not made a key: "
+        "its lines map to <unk> and are always flagged (0 = every template is a key, as METHOD.md; "
+        "e.g. 0.001 when the 'normal' training logs may hold a few incidents)",
+    )
     max_train_sequences: int | None = Field(None, ge=1, description="random subset of the training sequences (CPU budget)")
     max_val_sequences: int | None = Field(None, ge=1, description="random subset of the validation sequences (CPU budget)")
     lm: LMConfig = Field(default_factory=LMConfig)
@@ -251,6 +259,23 @@ def _bgl_keymap(templates_csv: Path, messages: Sequence[str]) -> LogKeyMap:
     return LogKeyMap.from_templates([n for n, _ in kept], [t for _, t in kept])
 
 
+def without_rare_keys(
+    keymap: LogKeyMap, normal_keys: Sequence[Sequence[int]], min_share: float
+) -> tuple[LogKeyMap, list[dict[str, Any]]]:
+    """Drop the keys found in fewer than `min_share` of the normal sequences (their lines become
+    <unk>); returns the new map and what was dropped (template, sequences holding it)."""
+    support = Counter(k for keys in normal_keys for k in set(keys))
+    rare = [k for k in range(keymap.n_keys) if support[k] < min_share * len(normal_keys)]
+    if not rare:
+        return keymap, []
+    if len(rare) == keymap.n_keys:
+        raise UserError(f"min_key_share = {min_share} leaves no key (the most common template is in "
+                        f"{max(support.values(), default=0)} of {len(normal_keys)} normal sequences); lower it")
+    dropped = [{"template": keymap.template(k), "sequences": support[k]} for k in rare]
+    log.info("templates in fewer than %.3g%% of normal sequences map to <unk>: %s", 100 * min_share, dropped)
+    return keymap.keeping(k for k in range(keymap.n_keys) if k not in rare), dropped
+
+
 def _distinct(sequences: Sequence[tuple[int, ...]], dedupe: bool) -> tuple[list[tuple[int, ...]], list[int]]:
     if not dedupe:
         return list(sequences), [1] * len(sequences)
@@ -301,6 +326,7 @@ def prepare_data(config: LogLLaMATrainConfig, dataset: Dataset | None = None) ->
     else:
         settings = DrainSettings(sim_th=config.drain.sim_th, depth=config.drain.depth, max_children=config.drain.max_children)
         keymap = LogKeyMap.fit(messages, settings, config.drain.mask)
+    keymap, rare = without_rare_keys(keymap, [keymap.keys_of(s.messages) for s in normal], config.min_key_share)
     train_keys = [tuple(keymap.keys_of(s.messages)) for s in train_seqs]
     val_keys = [tuple(keymap.keys_of(s.messages)) for s in val_seqs]
     train, train_counts = _distinct(train_keys, config.dedupe)
@@ -326,6 +352,7 @@ def prepare_data(config: LogLLaMATrainConfig, dataset: Dataset | None = None) ->
         "val_sequences_used": len(val),
         "distinct_train_key_sequences": len(set(train_keys)),
         "n_keys": keymap.n_keys,
+        "rare_templates_as_unk": rare,
         "unk_in_normal_training": sum(k.count(keymap.unk) for k in train_keys + val_keys),
         "test": len(split.test),
         "test_anomalous": sum(s.label for s in split.test),

@@ -123,3 +123,20 @@ def test_an_edited_key_file_is_refused(fitted: LogKeyMap, tmp_path: Path) -> Non
         LogKeyMap.load(path, sha)
     with pytest.raises(UserError, match="cannot read"):
         LogKeyMap.load(tmp_path / "missing.json")
+
+
+def test_a_map_keeping_some_keys_sends_the_others_to_unk(fitted: LogKeyMap, hdfs_messages: list[str], tmp_path: Path) -> None:
+    receiving = fitted.templates.index("Receiving block <*> src: <*> dest: <*>")
+    kept = fitted.keeping(k for k in range(fitted.n_keys) if k != receiving)
+    assert kept.n_keys == fitted.n_keys - 1
+    assert "Receiving block <*> src: <*> dest: <*>" not in kept.templates
+    messages = [m for m in hdfs_messages if not m.startswith(E30)]
+    for message, before, after in zip(messages, fitted.keys_of(messages), kept.keys_of(messages), strict=True):
+        if before == receiving:
+            assert after == kept.unk, message  # still matches its own template, which is no key now
+        else:
+            assert kept.template(after) == fitted.template(before), message
+    loaded = LogKeyMap.load(tmp_path / "kept.json", kept.save(tmp_path / "kept.json"))
+    assert loaded.keys_of(messages) == kept.keys_of(messages)
+    with pytest.raises(ValueError, match="not all within"):
+        fitted.keeping([fitted.n_keys])

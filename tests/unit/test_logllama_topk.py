@@ -211,3 +211,43 @@ def test_weighted_rows_split_heavy_sequences_and_keep_every_copy() -> None:
         copies[row] += weight
     scale = 52 / len(rows)  # copies per unit of weight
     assert {row: round(total * scale, 9) for row, total in copies.items()} == {(1, 2): 35, (3,): 1, (4, 5, 6): 16}
+
+
+def test_templates_too_rare_in_normal_training_become_unk() -> None:
+    from model.errors import UserError
+    from model.logkeys import LogKeyMap
+    from training.logllama import without_rare_keys
+
+    keymap = LogKeyMap.from_templates(["A", "B", "C"], ["start <*>", "rare error <*>", "end <*>"])
+    normal = [[0, 2]] * 998 + [[0, 1, 1, 1, 2]] * 2  # B: many lines but in 2 of 1,000 sequences
+    same, dropped = without_rare_keys(keymap, normal, 0.0)
+    assert same is keymap and dropped == []
+    pruned, dropped = without_rare_keys(keymap, normal, 0.003)
+    assert dropped == [{"template": "rare error <*>", "sequences": 2}]
+    assert pruned.names == ("A", "C")
+    assert pruned.keys_of(["start 1", "rare error 7", "end 2"]) == [0, pruned.unk, 1]
+    assert without_rare_keys(keymap, normal, 0.002)[1] == []  # 2 of 1,000 is not below 0.2%
+    with pytest.raises(UserError, match="leaves no key"):
+        without_rare_keys(keymap, [[0], [1], [2]], 0.5)  # each key in 1 of 3 sequences
+
+
+def test_prepare_data_turns_rare_normal_templates_into_unk_for_training_and_test() -> None:
+    from training.data import Dataset, LabelledSequence
+    from training.logllama import parse_logllama_config, prepare_data
+
+    def block(i: int, label: int, rare: bool) -> LabelledSequence:
+        lines = [f"Receiving block blk_{i} src: /10.0.0.1:5 dest: /10.0.0.2:6", f"Deleting block blk_{i} file /d/{i}"]
+        if rare:
+            lines.insert(1, f"Unexpected error trying to delete block blk_{i}. BlockInfo not found in volumeMap.")
+        return LabelledSequence(f"blk_{i}", tuple(lines), label, i)
+
+    # 1 of ~480 normal training blocks holds the rare line; the anomalous ones all do.
+    dataset = Dataset("tiny", tuple(block(i, int(i % 50 == 7), rare=i == 3 or i % 50 == 7) for i in range(600)))
+    config = parse_logllama_config({"data": {"kind": "hdfs", "split": "random"}, "min_key_share": 0.01})
+    data = prepare_data(config, dataset)
+    assert data.keymap.n_keys == 2
+    assert [r["template"].startswith("Unexpected error") for r in data.summary["rare_templates_as_unk"]] == [True]
+    assert data.summary["rare_templates_as_unk"][0]["sequences"] <= 1
+    holding = [s for s in data.test if any(m.startswith("Unexpected") for m in s.messages)]
+    assert holding and all(data.keymap.unk in data.keymap.keys_of(s.messages) for s in holding)
+    assert prepare_data(parse_logllama_config({"data": {"kind": "hdfs", "split": "random"}}), dataset).keymap.n_keys == 3
