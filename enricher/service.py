@@ -42,7 +42,7 @@ from enricher.pipeline import PassOptions, PassSummary, Worker
 from enricher.settings import DEFAULT_MODEL_DIR, Settings, env_name
 from enricher.sink import OpenSearchSink
 from enricher.source import OpenSearchSource
-from model.detector import Detector, load_detector
+from model.detector import Detector, load_detector, with_label_threshold
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,9 @@ def build_worker(
         source=wrap_source(source) if wrap_source is not None else source,
         entries=entries,
         new_grouper=lambda: build_grouper(settings.grouping),
-        detector=detector if detector is not None else load_worker_detector(settings),
+        detector=with_label_threshold(
+            detector if detector is not None else load_worker_detector(settings), settings.scoring.label_threshold
+        ),
         sink=sink,
         checkpoints=checkpoints,
         lease=lease,

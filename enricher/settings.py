@@ -209,6 +209,15 @@ class ScoringSettings(_Section):
         description="which detector model_dir must hold (LogLLM: labelled training; LogLLaMA: label-free); "
         "auto = whichever its manifest names",
     )
+    label_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="label a group anomalous when its score is at least this, instead of by the detector's own "
+        "rule (LogLLM: its answer; LogLLaMA: the Top-K rule); pick it with `logllm eval` on labelled logs "
+        "(oracle_threshold in its report). It becomes part of model_version, so labels written under another threshold stay "
+        "distinguishable; unset = the detector's rule",
+    )
     batch_groups: int = Field(
         1024,
         ge=1,

@@ -51,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument(
+        "--label-threshold",
+        type=float,
+        help="label a sequence anomalous when its score is at least this, instead of by the detector's rule "
+        "(pick it with `logllm eval`: oracle_threshold in its report)",
+    )
     parser.set_defaults(handler=run_score)
 
 
@@ -85,8 +91,10 @@ def _read_lines(path: Path, fmt: str) -> tuple[list[LogLine], list[int]]:
 def run_score(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from model.detector import RuntimeSettings, load_detector
+    from model.detector import RuntimeSettings, check_label_threshold, load_detector, with_label_threshold
 
+    if args.label_threshold is not None:
+        check_label_threshold(args.label_threshold, "--label-threshold")
     grouping = _grouping(args)
     lines, unparsed = _read_lines(args.file, args.format)
     if unparsed:
@@ -108,7 +116,7 @@ def run_score(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     runtime = RuntimeSettings(device=args.device, dtype=args.dtype, batch_size=args.batch_size, threads=args.threads)
-    detector = load_detector(args.model, runtime)
+    detector = with_label_threshold(load_detector(args.model, runtime), args.label_threshold)
 
     started = time.monotonic()
     with tqdm(total=len(sequences), unit="seq", desc="scoring", file=sys.stderr, disable=None) as bar:

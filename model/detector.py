@@ -123,3 +123,50 @@ def load_detector(folder: Path, runtime: RuntimeSettings | None = None, expect: 
 
         return LogLLaMADetector.load(folder, manifest, runtime)
     raise UserError(f"{folder}: unknown detector {kind!r} in manifest; this version knows 'logllm' and 'logllama'")
+
+
+def check_label_threshold(threshold: float, name: str) -> None:
+    """Raises UserError naming `name` when `threshold` is outside the scores' [0, 1]."""
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"{name} {threshold}: scores are in [0, 1]; pick one with `logllm eval` (oracle_threshold in its report)")
+
+
+class ScoreThresholdDetector:
+    """Labels by the detector's score instead of its own rule: anomalous when score >= threshold.
+
+    For users who have picked a threshold with `logllm eval` on labelled data (e.g. a
+    LogLLaMA score threshold where the Top-K rule admits too many candidates). The threshold is
+    part of `version`, so labels written under another threshold stay distinguishable. Positions
+    are the detector's own (its rule's failed lines), so a group labelled anomalous only by the
+    threshold can carry none.
+    """
+
+    def __init__(self, detector: Detector, threshold: float) -> None:
+        check_label_threshold(threshold, "label threshold")
+        self.detector = detector
+        self.threshold = threshold
+        self.name = detector.name
+        self.version = f"{detector.version}@score>={threshold:g}"
+
+    def score(self, sequences: Sequence[Sequence[str]], progress: ProgressFn | None = None) -> list[Verdict]:
+        return [self._relabel(v) for v in self.detector.score(sequences, progress)]
+
+    def _relabel(self, verdict: Verdict) -> Verdict:
+        label = int(verdict.score >= self.threshold)
+        relation = ">=" if label else "<"
+        return Verdict(
+            label,
+            verdict.score,
+            self.version,
+            f"score {verdict.score:.4f} {relation} threshold {self.threshold:g}; {verdict.answer}",
+            verdict.parse_failed,
+            verdict.positions if label else (),
+        )
+
+    def cache_stats(self) -> dict[str, dict[str, float]]:
+        return self.detector.cache_stats()
+
+
+def with_label_threshold(detector: Detector, threshold: float | None) -> Detector:
+    """`detector`, or a `ScoreThresholdDetector` around it when a threshold is given."""
+    return detector if threshold is None else ScoreThresholdDetector(detector, threshold)

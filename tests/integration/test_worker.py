@@ -142,6 +142,22 @@ def test_documents_arriving_late_within_the_lag_are_picked_up(os_client: OpenSea
     parts.client.close()
 
 
+def test_a_label_threshold_labels_by_score_and_stamps_the_threshold(os_client: OpenSearch, index_prefix: str) -> None:
+    documents = hdfs_documents(hdfs_lines(600))
+    settings = worker_settings(index_prefix, scoring={"batch_groups": 32, "label_threshold": 0.5})
+    create_source(os_client, settings.source.index, documents)
+    summary = run_once(settings, FakeDetector())
+    assert summary.docs_read == len(documents)
+    results = [hit["_source"] for hit in all_hits(os_client, settings.sink.results_index)]
+    assert {r["model_version"] for r in results} == {"fake-0001@score>=0.5"}
+    assert all(r["label"] == ("anomalous" if r["score"] >= 0.5 else "normal") for r in results)
+    # Groups the fake's own rule (score > 0.8) calls normal are anomalous here.
+    assert any(0.5 <= r["score"] <= 0.8 and r["label"] == "anomalous" for r in results)
+    docs = [hit["_source"]["anomaly"] for hit in all_hits(os_client, settings.source.index)]
+    assert all(d["model_version"] == "fake-0001@score>=0.5" for d in docs)
+    assert all(d["label"] == ("anomalous" if d["score"] >= 0.5 else "normal") for d in docs)
+
+
 def test_bad_documents_are_dead_lettered_once_and_huge_messages_scored(os_client: OpenSearch, index_prefix: str) -> None:
     settings = worker_settings(index_prefix)
     future = (datetime.now(UTC) + timedelta(days=30)).strftime("%y%m%d %H%M%S")

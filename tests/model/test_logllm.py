@@ -224,3 +224,13 @@ def test_cli_reports_a_missing_model_folder(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_refuses_a_label_threshold_outside_the_scores_before_loading_a_model(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "enricher.cli", "score", "--model", str(tmp_path / "none"), "--label-threshold", "2",
+         str(HDFS_HEAD20K)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "--label-threshold 2.0: scores are in [0, 1]" in proc.stderr and "does not exist" not in proc.stderr

@@ -64,6 +64,7 @@ def test_json_lists_and_nested_runtime_settings_from_the_environment(monkeypatch
         ({"LOGLLM_OPENSEARCH__CA_CERTS": "/nowhere/ca.pem"}, ["LOGLLM_OPENSEARCH__CA_CERTS", "no such file"]),
         ({"LOGLLM_SOURCE__PAGESIZE": "10"}, ["LOGLLM_SOURCE__PAGESIZE", "unknown setting"]),
         ({"LOGLLM_SCORING__DETECTOR": "gpt"}, ["LOGLLM_SCORING__DETECTOR", "'auto', 'logllm' or 'logllama'"]),
+        ({"LOGLLM_SCORING__LABEL_THRESHOLD": "1.5"}, ["LOGLLM_SCORING__LABEL_THRESHOLD", "less than or equal to 1"]),
     ],
 )
 def test_a_wrong_value_names_the_setting_the_value_and_the_fix(
