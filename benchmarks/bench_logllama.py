@@ -100,9 +100,15 @@ def _same_run(config: Any) -> bool:
     record = config.output / "training.json"
     if not (config.output / "report.json").exists() or not record.exists():
         return False
-    done = json.loads(record.read_text())["config"]
-    wanted = config.model_dump(mode="json")
-    return {k: v for k, v in done.items() if k != "output"} == {k: v for k, v in wanted.items() if k != "output"}
+    return _recipe(json.loads(record.read_text())["config"]) == _recipe(config.model_dump(mode="json"))
+
+
+def _recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config without what does not change the trained model: where it is written, and
+    the torch thread count (so `--threads` can differ when re-scoring with `--reuse`)."""
+    recipe = {k: v for k, v in config.items() if k != "output"}
+    recipe["runtime"] = {k: v for k, v in recipe["runtime"].items() if k != "threads"}
+    return recipe
 
 
 def run_dataset(args: argparse.Namespace) -> None:
