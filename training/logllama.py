@@ -327,6 +327,8 @@ def prepare_data(config: LogLLaMATrainConfig, dataset: Dataset | None = None) ->
         settings = DrainSettings(sim_th=config.drain.sim_th, depth=config.drain.depth, max_children=config.drain.max_children)
         keymap = LogKeyMap.fit(messages, settings, config.drain.mask)
     keymap, rare = without_rare_keys(keymap, [keymap.keys_of(s.messages) for s in normal], config.min_key_share)
+    # Map again with the final map rather than renumbering the keys above: scoring uses this map,
+    # and its exact-template lookup no longer holds the dropped templates.
     train_keys = [tuple(keymap.keys_of(s.messages)) for s in train_seqs]
     val_keys = [tuple(keymap.keys_of(s.messages)) for s in val_seqs]
     train, train_counts = _distinct(train_keys, config.dedupe)
