@@ -309,7 +309,9 @@ def test_a_pass_stuck_in_a_batch_stops_the_heartbeats_and_the_watchdog_pings(
         detector.release.set()
         service.stop()
         runner.join(30)
-    assert listener.with_key("STOPPING")
+    assert not runner.is_alive()
+    # The datagram is sent before stop() returns, but the listener's thread may not have read it yet.
+    listener.wait_for("STOPPING")
 
 
 # ---------------------------------------------------------------------------------------------
