@@ -35,6 +35,8 @@ class Verdict:
     answer: the decoder's raw answer text (LogLLM) or a short explanation.
     parse_failed: the answer contained neither label word (counted as normal, per the paper).
     positions: indices of the messages that explain the verdict, when the detector has them.
+    score_positions: indices of the messages the score is about, whatever the label (LogLLaMA:
+        the least likely key's line), so a label set by score alone can still point at a line.
     """
 
     label: int
@@ -43,6 +45,7 @@ class Verdict:
     answer: str = ""
     parse_failed: bool = False
     positions: tuple[int, ...] = field(default=())
+    score_positions: tuple[int, ...] = field(default=())
 
 
 class Detector(Protocol):
@@ -137,8 +140,8 @@ class ScoreThresholdDetector:
     For users who have picked a threshold with `logllm eval` on labelled data (e.g. a
     LogLLaMA score threshold where the Top-K rule admits too many candidates). The threshold is
     part of `version`, so labels written under another threshold stay distinguishable. Positions
-    are the detector's own (its rule's failed lines), so a group labelled anomalous only by the
-    threshold can carry none.
+    are the detector's own (its rule's failed lines); a group its rule found normal but the
+    threshold flags points at the lines its score is about (`Verdict.score_positions`).
     """
 
     def __init__(self, detector: Detector, threshold: float) -> None:
@@ -160,7 +163,8 @@ class ScoreThresholdDetector:
             self.version,
             f"score {verdict.score:.4f} {relation} threshold {self.threshold:g}; {verdict.answer}",
             verdict.parse_failed,
-            verdict.positions if label else (),
+            (verdict.positions or verdict.score_positions) if label else (),
+            verdict.score_positions,
         )
 
     def cache_stats(self) -> dict[str, dict[str, float]]:

@@ -206,10 +206,12 @@ def build_verdict(
     message (the line after which the model expected more). label = any outside; score =
     `surprisal_score` of `least` (the `least_likely` target), ties broken by the share of
     checked targets outside (weight TIE_BREAK_WEIGHT), for normal and anomalous sequences
-    alike; `name_of(key)` names keys in the explanation.
+    alike; `name_of(key)` names keys in the explanation. `score_positions` is the least likely
+    target's line, when anything was checked.
     """
     n = len(keys)
     surprisal, at, n_candidates = least
+    score_positions = (min(at, n - 1),) if n_checked and n else ()
 
     def target_name(t: int) -> str:
         return "end of sequence" if t == n else f"#{t} {name_of(keys[t])}"
@@ -220,12 +222,12 @@ def build_verdict(
     odds = "unseen" if math.isinf(surprisal) else f"p={math.exp(-surprisal):.2g}"
     least_text = f"least likely {target_name(at)} ({odds})"
     if not failed:
-        return Verdict(0, score, version, f"all {n_checked} keys within top-{k}; {least_text}")
+        return Verdict(0, score, version, f"all {n_checked} keys within top-{k}; {least_text}", False, (), score_positions)
     positions = tuple(sorted({min(t, n - 1) for t in failed}))
     parts = [target_name(t) for t in failed[:5]]
     more = f", +{len(failed) - 5} more" if len(failed) > 5 else ""
     answer = f"{len(failed)}/{n_checked} keys outside top-{k}: " + ", ".join(parts) + more + f"; {least_text}"
-    return Verdict(1, score, version, answer, False, positions)
+    return Verdict(1, score, version, answer, False, positions, score_positions)
 
 
 class LogLLaMA(nn.Module):

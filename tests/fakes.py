@@ -33,7 +33,8 @@ class FakeDetector:
 
     The score is a hash of the exact message sequence, so a group that differs by one member (or
     by order) almost surely gets another score, and about a fifth of groups are anomalous. An
-    anomalous verdict points at its longest message (`positions`), like LogLLaMA would.
+    anomalous verdict points at its longest message (`positions`), like LogLLaMA would; every
+    non-empty one names its shortest message as what the score is about (`score_positions`).
     `delay_s` makes each `score` call slow, to widen windows for fault injection.
     """
 
@@ -51,7 +52,8 @@ class FakeDetector:
         score = int.from_bytes(digest, "big") / 2**64
         label = int(score > 0.8)
         positions = (max(range(len(messages)), key=lambda i: len(messages[i])),) if label and messages else ()
-        return Verdict(label, score, version, "anomalous" if label else "normal", False, positions)
+        focus = (min(range(len(messages)), key=lambda i: len(messages[i])),) if messages else ()
+        return Verdict(label, score, version, "anomalous" if label else "normal", False, positions, focus)
 
     def score(self, sequences: Sequence[Sequence[str]], progress: ProgressFn | None = None) -> list[Verdict]:
         self.calls += 1

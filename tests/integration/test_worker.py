@@ -153,6 +153,8 @@ def test_a_label_threshold_labels_by_score_and_stamps_the_threshold(os_client: O
     assert all(r["label"] == ("anomalous" if r["score"] >= 0.5 else "normal") for r in results)
     # Groups the fake's own rule (score > 0.8) calls normal are anomalous here.
     assert any(0.5 <= r["score"] <= 0.8 and r["label"] == "anomalous" for r in results)
+    # Those too point at a line (the one the score is about), and normal groups at none.
+    assert all(bool(r["top_lines"]) == (r["label"] == "anomalous") for r in results)
     docs = [hit["_source"]["anomaly"] for hit in all_hits(os_client, settings.source.index)]
     assert all(d["model_version"] == "fake-0001@score>=0.5" for d in docs)
     assert all(d["label"] == ("anomalous" if d["score"] >= 0.5 else "normal") for d in docs)

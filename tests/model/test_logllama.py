@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.detector import load_detector
+from model.detector import load_detector, with_label_threshold
 from model.errors import ManifestMismatchError
 from model.folder import MANIFEST_FILE
 from model.logkeys import LogKeyMap
@@ -147,6 +147,22 @@ def test_an_unseen_line_is_flagged_at_its_position(detector: LogLLaMADetector, n
     assert detector.score([[]])[0].label == 0
     # Cached verdicts are the same objects' values.
     assert detector.score([session])[0] == verdict
+    # The unseen key is the least likely one: the score is about its line.
+    assert verdict.score_positions == (2,)
+
+
+def test_the_score_points_at_the_least_likely_line_the_answer_names(
+    detector: LogLLaMADetector, normal_sessions: list[list[str]]
+) -> None:
+    sessions = normal_sessions[:20]
+    for session, verdict in zip(sessions, detector.score(sessions), strict=True):
+        (line,) = verdict.score_positions
+        named = verdict.answer.split("least likely ")[1]
+        # The end of a session is reported at its last line, as the rule's positions are.
+        assert line == (len(session) - 1 if named.startswith("end of sequence") else int(named[1:].split()[0]))
+    # A label threshold that flags them all keeps the rule's lines where it has them.
+    flagged = with_label_threshold(detector, 0.0).score(sessions)
+    assert [v.positions for v in flagged] == [v.positions or v.score_positions for v in detector.score(sessions)]
 
 
 def test_training_lowers_the_next_key_loss_and_rl_raises_the_reward(

@@ -25,7 +25,11 @@ def test_labels_follow_the_score_and_the_version_names_the_threshold() -> None:
     assert sum(v.label for v in relabelled) > sum(v.label for v in own) > 0
     for mine, theirs in zip(relabelled, own, strict=True):
         assert mine.answer.startswith(f"score {theirs.score:.4f} {'>=' if mine.label else '<'} threshold 0.5; ")
-        assert mine.positions == (theirs.positions if mine.label else ())
+        # The rule's lines when it flagged the group; else, when the threshold did, the score's line.
+        expected = (theirs.positions or theirs.score_positions) if mine.label else ()
+        assert mine.positions == expected and mine.score_positions == theirs.score_positions
+    flagged_by_score_only = [m for m, t in zip(relabelled, own, strict=True) if m.label and not t.label]
+    assert flagged_by_score_only and all(m.positions for m in flagged_by_score_only)
     assert wrapped.cache_stats() == inner.cache_stats()
 
 

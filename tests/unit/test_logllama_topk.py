@@ -80,7 +80,7 @@ def test_a_cut_session_gets_no_end_target() -> None:
 def test_verdict_positions_are_the_failed_lines() -> None:
     keys = (0, 1, 5, 2)
     ok = build_verdict(keys, [False] * 5, 5, 7, "logllama-x", (math.log(4), 1, 8))
-    assert (ok.label, ok.positions) == (0, ())
+    assert (ok.label, ok.positions, ok.score_positions) == (0, (), (1,))
     assert ok.score == pytest.approx((1 - TIE_BREAK_WEIGHT) * math.log(4) / (math.log(4) + math.log(8)))
     assert "least likely #1 1 (p=0.25)" in ok.answer
     bad = build_verdict(keys, [False, False, True, False, True], 5, 7, "logllama-x", (math.inf, 2, 8), lambda k: f"K{k}")
@@ -90,6 +90,11 @@ def test_verdict_positions_are_the_failed_lines() -> None:
     assert bad.score < worse.score <= 1.0
     # Target 2 is line 2; target 4 is the end of the session, reported at the last line (3).
     assert bad.positions == (2, 3)
+    assert bad.score_positions == (2,)
+    # The least likely target is the end of the session: it points at the last line, as positions do.
+    assert build_verdict(keys, [False] * 5, 5, 7, "logllama-x", (2.0, 4, 8)).score_positions == (3,)
+    # Nothing checked (a one-key window): nothing to point at.
+    assert build_verdict((4,), [False], 0, 7, "logllama-x", (0.0, 0, 8)).score_positions == ()
     assert "#2 K5" in bad.answer and "end of sequence" in bad.answer and "least likely #2 K5 (unseen)" in bad.answer
     assert bad.model_version == "logllama-x"
 
