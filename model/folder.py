@@ -13,13 +13,14 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from model.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 MANIFEST_FILE = "manifest.json"
 # The detector that ships with the package: LogLLM-small trained on HDFS (see its report.md).
@@ -53,6 +54,8 @@ def write_detector_folder(
     Returns:
         The version hash, also stored as ``manifest["version"]``.
     """
+    from safetensors.torch import save_file  # torch: only when weights are written
+
     folder.mkdir(parents=True, exist_ok=True)
     hashes = {}
     for name, tensors in weights.items():
@@ -105,6 +108,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 def read_weights(folder: Path, name: str, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Load one safetensors file of a folder already checked by `read_manifest`."""
+    from safetensors.torch import load_file  # torch: only when weights are read
+
     try:
         return load_file(str(folder / name), device=device)
     except (SafetensorError, OSError) as exc:
