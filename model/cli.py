@@ -133,6 +133,8 @@ def run_score(args: argparse.Namespace) -> int:
                 "label": "anomalous" if verdict.label else "normal",
                 "score": round(verdict.score, 6),
                 "answer": verdict.answer,
+                # Line numbers in the file of the lines the detector points at (LogLLaMA's explanation).
+                "top_lines": [sequence.lines[i].line_no for i in verdict.positions if 0 <= i < len(sequence.lines)],
                 "parse_failed": verdict.parse_failed,
                 "model_version": verdict.model_version,
             }

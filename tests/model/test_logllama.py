@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from enricher.cli import main
 from model.detector import load_detector, with_label_threshold
 from model.errors import ManifestMismatchError
 from model.folder import MANIFEST_FILE
@@ -312,3 +313,25 @@ def test_rl_on_generated_contexts_trains_and_validates_on_them(detector: LogLLaM
         assert any(row not in observed for row in rows)
     finally:
         detector.model.load_trainable_state(state)
+
+
+def test_logllm_score_names_the_file_lines_a_logllama_folder_points_at(
+    detector: LogLLaMADetector, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    detector.save(tmp_path / "ll")
+    lines = HDFS_HEAD20K.read_text().splitlines()[:300]
+    block = HDFS_BLOCK_ID.findall(lines[0])[0]
+    lines.insert(2, f"081109 203518 143 INFO dfs.DataNode: Disk quota exceeded on volume /data/7 while writing {block}")
+    log = tmp_path / "hdfs.log"
+    log.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scores.jsonl"
+    argv = ["score", "--model", str(tmp_path / "ll"), "--format", "hdfs", "--device", "cpu", "--dtype", "float32"]
+    assert main([*argv, str(log), "-o", str(out)]) == 0
+    records = {r["sequence"]: r for r in map(json.loads, out.read_text().splitlines())}
+    members = {key: [n for n, line in enumerate(lines, start=1) if key in HDFS_BLOCK_ID.findall(line)] for key in records}
+    for key, record in records.items():
+        assert set(record["top_lines"]) <= set(members[key])
+        assert bool(record["top_lines"]) == (record["label"] == "anomalous")
+    # The unseen line is file line 3 (1-based): its block points at it.
+    assert records[block]["label"] == "anomalous" and 3 in records[block]["top_lines"]
+    assert "cache hit ratio" in capsys.readouterr().err

@@ -213,6 +213,7 @@ def test_cli_scores_a_real_file_end_to_end(small_detector: tuple[LogLLMDetector,
     assert len(records) == len(expected_blocks)
     assert sum(r["lines"] for r in records) == 2000
     assert all(r["label"] in ("normal", "anomalous") and 0 <= r["score"] <= 1 for r in records)
+    assert all(r["top_lines"] == [] for r in records)  # LogLLM answers per sequence, pointing at no line
     assert "1 lines do not match --format hdfs" in proc.stderr
     assert "cache hit ratio" in proc.stderr
 
