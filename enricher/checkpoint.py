@@ -109,6 +109,13 @@ class OpenSearchCheckpointStore:
             return None
         return checkpoint_from_json(found["_source"]["state"]), Version(found["_seq_no"], found["_primary_term"])
 
+    def saved(self, checkpoint_id: str) -> tuple[Checkpoint, int | None] | None:
+        """The stored checkpoint and when it was saved (epoch ms), or None before the first save."""
+        found = self._get(checkpoint_id)
+        if found is None:
+            return None
+        return checkpoint_from_json(found["_source"]["state"]), found["_source"].get("updated_ms")
+
     def save(self, checkpoint: Checkpoint, expected: Version | None) -> Version:
         # The nonce recognises our own write when a retried request finds it already applied.
         nonce = uuid.uuid4().hex

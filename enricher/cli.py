@@ -16,6 +16,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from enricher.interfaces import RetriesExhausted
+from enricher.settings import env_name
 from model.errors import UserError
 
 # Modules that define a `register(subparsers)` function, in the order their commands are listed.
@@ -59,6 +61,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"logllm {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RetriesExhausted as exc:
+        # Unreachable or overloaded past the retry budget: not a configuration error, so exit 1
+        # (the systemd unit restarts on 1, not on 2).
+        print(
+            f"logllm {args.command}: error: {exc}; check that the cluster is up and reachable at "
+            f"{env_name(('opensearch', 'hosts'))} (and its TLS/auth settings), or give it longer with "
+            f"{env_name(('retry', 'max_elapsed_s'))}",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         return 130
 

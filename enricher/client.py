@@ -112,6 +112,12 @@ def _short(error: BaseException) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
+def cluster_address(client: OpenSearch) -> str:
+    """The client's hosts as scheme://host:port, without credentials (for messages)."""
+    hosts = client.transport.hosts or []
+    return ", ".join(f"{'https' if host.get('use_ssl') else 'http'}://{host['host']}:{host['port']}" for host in hosts)
+
+
 def build_client(settings: OpenSearchSettings) -> OpenSearch:
     """An opensearch-py client for `settings`: hosts, TLS, basic auth or API key, timeout.
 

@@ -1,4 +1,4 @@
-"""`logllm run`, `logllm once`, `logllm config show`: the enrichment worker's command line.
+"""`logllm run`, `logllm once`, `logllm status`, `logllm config show`: the enrichment worker's command line.
 
 Thin handlers over `enricher.service` (wiring and running) and `enricher.settings`. They import
 those inside the handlers: loading the detector stack takes seconds, and `logllm --help` should
@@ -21,7 +21,7 @@ CONFIG_HELP = "TOML settings file (default: $LOGLLM_CONFIG_FILE); the environmen
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds `logllm run`, `logllm once` and `logllm config show`."""
+    """Adds `logllm run`, `logllm once`, `logllm status` and `logllm config show`."""
     run = subparsers.add_parser(
         "run",
         help="run the enrichment worker: label new OpenSearch log documents every interval",
@@ -42,6 +42,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="seconds to wait while another worker holds the lease (default: twice state.lease_ttl_s)",
     )
     once.set_defaults(handler=_cmd_once)
+
+    status = subparsers.add_parser(
+        "status",
+        help="show where the worker stands: lease, cursor, lag, unlabelled documents, groups written",
+        description="Read the worker's checkpoint, lease and output for the configured source from the cluster "
+        "(nothing is written). Exit code 1 when something needs attention: no checkpoint yet, or unlabelled "
+        "documents behind the cursor.",
+    )
+    status.add_argument("--config", type=Path, help=CONFIG_HELP)
+    status.add_argument("--json", action="store_true", help="print JSON: the status and its problems")
+    status.set_defaults(handler=_cmd_status)
 
     config = subparsers.add_parser("config", help="show the worker's effective settings")
     actions = config.add_subparsers(dest="config_action", required=True, metavar="ACTION")
@@ -81,6 +92,22 @@ def _cmd_once(args: argparse.Namespace) -> int:
     summary = run_once(load_settings(args.config), lease_wait_s=args.lease_wait)
     print(json.dumps(summary.to_json()))
     return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from enricher.settings import load_settings
+    from enricher.status import read_status
+
+    _quiet_client_logs(args)
+    status = read_status(load_settings(args.config))
+    problems = status.problems()
+    if args.json:
+        print(json.dumps({**asdict(status), "problems": problems}, indent=2))
+    else:
+        sys.stdout.write(status.table(problems))
+    return 1 if problems else 0
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:

@@ -98,6 +98,12 @@ class OpenSearchLease:
             raise
         return Version(response["_seq_no"], response["_primary_term"])
 
+    def current(self) -> tuple[str, int] | None:
+        """(holder, expires_ms) of the stored lease, whoever holds it; None if never taken.
+        A released lease expires at 0."""
+        stored = self._read()
+        return (stored[0]["holder"], stored[0]["expires_ms"]) if stored is not None else None
+
     def acquire(self) -> LeaseStatus:
         with self._lock:
             now = self._now_ms()

@@ -270,6 +270,24 @@ def load_worker_detector(settings: Settings) -> Detector:
         raise UserError(f"{env_name(('scoring', 'model_dir'))}={folder}: {error}{hint}") from None
 
 
+def checked_source(settings: Settings, client: OpenSearch, retrier: Retrier) -> tuple[EntryBuilder, OpenSearchSource]:
+    """The source the settings describe, checked against the cluster, and how its documents
+    become entries.
+
+    Raises:
+        UserError: the source index or a configured field does not exist or has the wrong type.
+    """
+    entries = EntryBuilder(
+        settings.grouping,
+        settings.source.message_field,
+        settings.source.timestamp_field,
+        settings.scoring.max_message_chars,
+    )
+    source = OpenSearchSource(client, settings.source, entries.fields, retrier)
+    source.check()
+    return entries, source
+
+
 def build_worker(
     settings: Settings,
     detector: Detector | None = None,
@@ -286,14 +304,7 @@ def build_worker(
     metrics = WorkerMetrics()
     retrier = Retrier(settings.retry, on_retry=lambda operation: metrics.retries.labels(operation).inc())
     client = build_client(settings.opensearch)
-    entries = EntryBuilder(
-        settings.grouping,
-        settings.source.message_field,
-        settings.source.timestamp_field,
-        settings.scoring.max_message_chars,
-    )
-    source = OpenSearchSource(client, settings.source, entries.fields, retrier)
-    source.check()
+    entries, source = checked_source(settings, client, retrier)
     checkpoints = OpenSearchCheckpointStore(
         client, settings.state.index, retrier, clock_ms=lambda: round(time.time() * 1000)
     )

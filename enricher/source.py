@@ -17,7 +17,7 @@ from typing import Any
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import NotFoundError
 
-from enricher.client import Retrier
+from enricher.client import Retrier, cluster_address
 from enricher.grouping import field_value
 from enricher.interfaces import Survey
 from enricher.settings import SourceSettings, env_name
@@ -142,7 +142,7 @@ class OpenSearchSource:
             UserError: a concrete index name does not exist, or a configured field is missing or
                 of the wrong type (see `check_field_types`).
         """
-        info = self.retrier.call("cluster info", self.client.info)
+        info = self.retrier.call(f"cluster info from {cluster_address(self.client)}", self.client.info)
         self.use_pit = supports_pit(info)
         if not self.use_pit:
             log.info("cluster %s has no point-in-time API; reading with plain search_after", info.get("version"))
@@ -264,18 +264,25 @@ class OpenSearchSource:
         newest_value = newest["aggregations"]["newest"]["value"]
         late = 0
         if cursor_ms is not None and self.settings.late_check_window_s > 0:
-            since = cursor_ms - round(self.settings.late_check_window_s * 1000)
-            late = self._count(
-                {
-                    "bool": {
-                        "filter": [{"range": {ts: {"gte": since, "lt": cursor_ms, "format": "epoch_millis"}}}],
-                        "must_not": [{"exists": {"field": LABEL_FIELD}}, {"exists": {"field": DEAD_LETTER_FIELD}}],
-                    }
-                }
-            )
+            late = self.unlabelled_before(cursor_ms, cursor_ms - round(self.settings.late_check_window_s * 1000))
         horizon = now_ms + round(self.settings.future_skew_s * 1000)
         future = self._count({"range": {ts: {"gt": horizon, "format": "epoch_millis"}}})
         return Survey(int(newest_value) if newest_value is not None else None, late, future)
+
+    def unlabelled_before(self, cursor_ms: int, since_ms: int | None) -> int:
+        """Documents stamped in [since_ms, cursor_ms) (no lower bound: None) that carry neither a
+        label nor a dead-letter mark."""
+        stamped: dict[str, Any] = {"lt": cursor_ms, "format": "epoch_millis"}
+        if since_ms is not None:
+            stamped["gte"] = since_ms
+        return self._count(
+            {
+                "bool": {
+                    "filter": [{"range": {self.settings.timestamp_field: stamped}}],
+                    "must_not": [{"exists": {"field": LABEL_FIELD}}, {"exists": {"field": DEAD_LETTER_FIELD}}],
+                }
+            }
+        )
 
     def _search(self, body: dict[str, Any], what: str) -> dict[str, Any]:
         return self.retrier.call(

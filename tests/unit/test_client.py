@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+from opensearchpy import OpenSearch
 from opensearchpy.exceptions import (
     AuthenticationException,
     AuthorizationException,
@@ -18,7 +19,7 @@ from opensearchpy.exceptions import (
     TransportError,
 )
 
-from enricher.client import Retrier, backoff_delays, build_client, classify_error, classify_status
+from enricher.client import Retrier, backoff_delays, build_client, classify_error, classify_status, cluster_address
 from enricher.interfaces import RetriesExhausted
 from enricher.settings import OpenSearchSettings, RetrySettings
 from model.errors import UserError
@@ -138,3 +139,8 @@ def test_client_from_settings_carries_auth_and_tls(tmp_path: Path) -> None:
     assert connection.use_ssl and connection.headers["authorization"].startswith("Basic ")
     keyed = build_client(OpenSearchSettings(hosts=["http://a:9200"], api_key="k3y"))
     assert keyed.transport.connection_pool.connection.headers["authorization"] == "ApiKey k3y"
+
+
+def test_the_cluster_address_in_messages_names_every_host_without_credentials() -> None:
+    client = OpenSearch(hosts=["https://admin:s3cret@search.example:9201/prefix", "http://127.0.0.1:9200"])
+    assert cluster_address(client) == "https://search.example:9201, http://127.0.0.1:9200"
