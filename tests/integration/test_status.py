@@ -4,40 +4,31 @@ read-only throughout (it must be safe beside a live worker and on a cluster it n
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import datetime
+from typing import Any
 
 import pytest
 from opensearchpy import OpenSearch
 
 from enricher.service import run_once
+from enricher.settings import Settings
 from enricher.status import read_status
 from tests.fakes import FakeDetector
 from tests.integration.worker_support import (
-    REPO,
     add_documents,
     all_hits,
+    cli_command,
     create_source,
     hdfs_documents,
     hdfs_lines,
-    subprocess_env,
     worker_settings,
 )
 
 pytestmark = pytest.mark.integration
 
 
-def status_command(settings: object) -> tuple[int, dict[str, object]]:
-    done = subprocess.run(
-        [sys.executable, "-m", "enricher.cli", "status", "--json"],
-        cwd=REPO,
-        env=subprocess_env(settings),  # type: ignore[arg-type]
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+def status_command(settings: Settings) -> tuple[int, dict[str, Any]]:
+    done = cli_command(settings, "status", "--json")
     assert done.stdout, done.stderr[-3000:]
     return done.returncode, json.loads(done.stdout)
 
@@ -88,15 +79,6 @@ def test_status_before_and_after_passes_and_with_a_late_document(os_client: Open
 
 
 def test_status_of_a_missing_source_index_names_the_setting(index_prefix: str) -> None:
-    settings = worker_settings(index_prefix)
-    done = subprocess.run(
-        [sys.executable, "-m", "enricher.cli", "status"],
-        cwd=REPO,
-        env=subprocess_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = cli_command(worker_settings(index_prefix), "status")
     assert done.returncode == 2
     assert f"LOGLLM_SOURCE__INDEX='{index_prefix}logs': no such index" in done.stderr

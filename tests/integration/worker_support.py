@@ -127,17 +127,23 @@ def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
     return {**keep, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **settings_env(settings), **extra}
 
 
-def run_once_command(settings: Settings, timeout_s: float) -> dict[str, Any]:
-    """`python -m enricher.cli once` (the real command path, the detector the settings name):
-    its JSON pass summary; fails the test with the end of its stderr if it exits non-zero."""
-    once = subprocess.run(
-        [sys.executable, "-m", "enricher.cli", "once"],
+def cli_command(settings: Settings, *argv: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m enricher.cli <argv>` with `settings` in its environment (the real command path)."""
+    return subprocess.run(
+        [sys.executable, "-m", "enricher.cli", *argv],
         cwd=REPO,
         env=subprocess_env(settings),
         capture_output=True,
         text=True,
         timeout=timeout_s,
+        check=False,
     )
+
+
+def run_once_command(settings: Settings, timeout_s: float) -> dict[str, Any]:
+    """`logllm once` (the detector the settings name): its JSON pass summary; fails the test with
+    the end of its stderr if it exits non-zero."""
+    once = cli_command(settings, "once", timeout_s=timeout_s)
     assert once.returncode == 0, once.stderr[-4000:]
     return json.loads(once.stdout.strip().splitlines()[-1])
 
