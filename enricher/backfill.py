@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from enricher.interfaces import SinkError, Survey
 from enricher.pipeline import PassSummary, Prefetch
-from enricher.settings import Settings
-from enricher.source import OpenSearchSource, mapped_fields, resolved_indices
+from enricher.settings import Settings, query_suffix
+from enricher.source import OpenSearchSource, mapped_fields, resolved_indices, restricted
 from enricher.types import LogDoc, Position
 from model.errors import UserError
 
@@ -75,10 +75,12 @@ EXCLUDED_FROM_COPY = ("anomaly",)
 # Pure decisions.
 
 
-def backfill_checkpoint_id(source: str, dest: str | None) -> str:
+def backfill_checkpoint_id(source: str, dest: str | None, query: dict[str, Any] | None = None) -> str:
     """The checkpoint and lease name of a backfill: backfill:<source>-><dest>, or
-    backfill:<source> in place. Independent of the time range, so a rerun resumes."""
-    return f"backfill:{source}->{dest}" if dest is not None else f"backfill:{source}"
+    backfill:<source> in place, plus the digest of a `source.query`. Independent of the time
+    range, so a rerun resumes."""
+    target = f"backfill:{source}->{dest}" if dest is not None else f"backfill:{source}"
+    return target + query_suffix(query)
 
 
 def cluster_has_reindex(nodes_plugins: dict[str, Any]) -> bool:
@@ -287,7 +289,7 @@ class BackfillSource:
                 reader.close()
 
     def _count(self, start_ms: int | None, end_ms: int | None) -> int:
-        query = range_query(self.inner.settings.timestamp_field, start_ms, end_ms)
+        query = restricted(range_query(self.inner.settings.timestamp_field, start_ms, end_ms), self.inner.settings.query)
         index = self.inner.settings.index
         found = self.inner.retrier.call(
             f"count {index}",
@@ -519,7 +521,7 @@ def labelling_settings(settings: Settings, request: BackfillRequest) -> Settings
         update={
             "source": settings.source.model_copy(update={"index": request.dest or request.source, "start_at": start}),
             "state": settings.state.model_copy(
-                update={"checkpoint_id": backfill_checkpoint_id(request.source, request.dest)}
+                update={"checkpoint_id": backfill_checkpoint_id(request.source, request.dest, settings.source.query)}
             ),
         }
     )
@@ -556,7 +558,9 @@ def run_backfill(settings: Settings, request: BackfillRequest, detector: Detecto
             prepare_dest(client, retrier, request.source, request.dest)
             plugins = retrier.call("list node modules", lambda: client.nodes.info(metric="plugins"))
             method = choose_copy_method(request.copy, cluster_has_reindex(plugins))
-            query = copy_query(settings.source.timestamp_field, request.start_ms, request.end_ms)
+            query = restricted(
+                copy_query(settings.source.timestamp_field, request.start_ms, request.end_ms), settings.source.query
+            )
             log.info("copying %s -> %s (%s side, %d slices)", request.source, request.dest, method, request.slices)
             if method == "server":
                 copy_report = copy_server_side(client, retrier, request.source, request.dest, query, request.slices)

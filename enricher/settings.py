@@ -12,6 +12,7 @@ TOML key, the value seen and what is expected, so a wrong value fails at start.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -129,6 +130,12 @@ class SourceSettings(_Section):
         description="read only documents older than now minus this many seconds, so documents that arrive up to "
         "this late (shipping delay + refresh interval) are never passed by the cursor",
     )
+    query: dict[str, Any] | None = Field(
+        None,
+        description="read only documents matching this OpenSearch query clause (query DSL as JSON or a TOML table, "
+        'e.g. {"term": {"service.name": "hdfs"}}); its own checkpoint and lease by default, so workers with '
+        "disjoint queries can share an index",
+    )
     start_at: datetime | None = Field(
         None, description="ignore documents before this time (ISO 8601, UTC unless a zone is given; default: read all)"
     )
@@ -142,6 +149,15 @@ class SourceSettings(_Section):
     future_skew_s: float = Field(
         3600.0, ge=0, description="documents stamped more than this far in the future are counted and reported"
     )
+
+    @field_validator("query")
+    @classmethod
+    def _one_clause(cls, query: dict[str, Any] | None) -> dict[str, Any] | None:
+        if query is not None and (len(query) != 1 or not isinstance(next(iter(query.values())), dict)):
+            raise ValueError(
+                'give one query clause such as {"term": {"service.name": "hdfs"}} (combine several with "bool")'
+            )
+        return query
 
     @field_validator("start_at")
     @classmethod
@@ -338,8 +354,18 @@ class Settings(BaseSettings):
 
     @property
     def checkpoint_id(self) -> str:
-        """The checkpoint and lease name: `state.checkpoint_id` or live:<source.index>."""
-        return self.state.checkpoint_id or f"live:{self.source.index}"
+        """The checkpoint and lease name: `state.checkpoint_id`, or live:<source.index> (plus a
+        digest of `source.query` when one is set: each query has its own progress)."""
+        if self.state.checkpoint_id:
+            return self.state.checkpoint_id
+        return f"live:{self.source.index}{query_suffix(self.source.query)}"
+
+
+def query_suffix(query: dict[str, Any] | None) -> str:
+    """What a `source.query` adds to a checkpoint id: "" without one, else ?query=<digest>."""
+    if query is None:
+        return ""
+    return "?query=" + hashlib.blake2b(json.dumps(query, sort_keys=True).encode(), digest_size=6).hexdigest()
 
 
 def env_name(location: tuple[str | int, ...]) -> str:
@@ -420,6 +446,8 @@ def _render_value(value: Any) -> str:
         return json.dumps(str(value))
     if isinstance(value, list):
         return "[" + ", ".join(_render_value(item) for item in value) + "]"
+    if isinstance(value, dict):  # a TOML inline table
+        return "{ " + ", ".join(f"{json.dumps(key)} = {_render_value(item)}" for key, item in value.items()) + " }"
     return json.dumps(value)
 
 

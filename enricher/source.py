@@ -10,6 +10,7 @@ position. Clusters without PIT (OpenSearch < 2.4) are read with plain `search_af
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -91,6 +92,11 @@ def check_field_types(settings: SourceSettings, key_fields: list[str], mappings:
             )
 
 
+def restricted(query: dict[str, Any], source_query: dict[str, Any] | None) -> dict[str, Any]:
+    """`query` limited to the documents `source.query` selects (unchanged without one)."""
+    return query if source_query is None else {"bool": {"filter": [query, source_query]}}
+
+
 def resolved_indices(resolved: dict[str, Any]) -> list[str]:
     """The concrete open indices in a `_resolve/index` answer: matched indices, the indices behind
     matched aliases, and the backing indices of matched data streams."""
@@ -160,7 +166,23 @@ class OpenSearchSource:
             index: mapped_fields(body.get("mappings", {}).get("properties", {})) for index, body in found.items()
         }
         check_field_types(self.settings, self.key_fields, mappings)
+        if self.settings.query is not None:
+            self._check_query(indices)
         return indices
+
+    def _check_query(self, indices: list[str]) -> None:
+        checked = self.retrier.call(
+            "validate source.query",
+            lambda: self.client.indices.validate_query(
+                index=indices, body={"query": self.settings.query}, params={"explain": "true"}
+            ),
+        )
+        if not checked.get("valid"):
+            reasons = "; ".join(sorted({e.get("error", "?") for e in checked.get("explanations", [])})) or "invalid"
+            raise UserError(
+                f"{env_name(('source', 'query'))}={json.dumps(self.settings.query)}: the cluster rejects it ({reasons}); "
+                "fix the query clause"
+            )
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -202,7 +224,7 @@ class OpenSearchSource:
         body: dict[str, Any] = {
             "size": self.settings.page_size,
             "sort": self._sort(),
-            "query": {"range": {self.settings.timestamp_field: bounds}},
+            "query": restricted({"range": {self.settings.timestamp_field: bounds}}, self.settings.query),
             "_source": self._source_fields(),
             "track_total_hits": False,
         }
@@ -234,14 +256,17 @@ class OpenSearchSource:
         body: dict[str, Any] = {
             "size": self.settings.page_size,
             "sort": [{"_index": "asc"}, {self.settings.tiebreaker_field: "asc"}],
-            "query": {
-                "bool": {
-                    "must_not": [
-                        {"exists": {"field": self.settings.timestamp_field}},
-                        {"exists": {"field": DEAD_LETTER_FIELD}},
-                    ]
-                }
-            },
+            "query": restricted(
+                {
+                    "bool": {
+                        "must_not": [
+                            {"exists": {"field": self.settings.timestamp_field}},
+                            {"exists": {"field": DEAD_LETTER_FIELD}},
+                        ]
+                    }
+                },
+                self.settings.query,
+            ),
             "_source": self._source_fields(),
             "track_total_hits": False,
         }
@@ -260,7 +285,10 @@ class OpenSearchSource:
         if not self.indices():
             return Survey(None, 0, 0)
         ts = self.settings.timestamp_field
-        newest = self._search({"size": 0, "aggs": {"newest": {"max": {"field": ts}}}}, "newest document")
+        newest = self._search(
+            {"size": 0, "query": restricted({"match_all": {}}, self.settings.query), "aggs": {"newest": {"max": {"field": ts}}}},
+            "newest document",
+        )
         newest_value = newest["aggregations"]["newest"]["value"]
         late = 0
         if cursor_ms is not None and self.settings.late_check_window_s > 0:
@@ -293,7 +321,7 @@ class OpenSearchSource:
         )
 
     def _count(self, query: dict[str, Any]) -> int:
-        body = {"size": 0, "track_total_hits": True, "query": query}
+        body = {"size": 0, "track_total_hits": True, "query": restricted(query, self.settings.query)}
         return int(self._search(body, "count")["hits"]["total"]["value"])
 
 

@@ -280,3 +280,22 @@ def _main() -> int:
 
 if __name__ == "__main__":
     sys.exit(_main())
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["in-place", "copy"])
+def test_a_source_query_backfills_only_its_documents(os_client: OpenSearch, index_prefix: str, copy: bool) -> None:
+    settings = worker_settings(index_prefix, source={"page_size": 50, "query": {"term": {"service.keyword": "hdfs"}}})
+    source = settings.source.index
+    documents = [
+        (doc_id, {**fields, "service": "hdfs" if int(doc_id) % 4 else "other"})
+        for doc_id, fields in hdfs_documents(hdfs_lines(300))
+    ]
+    create_source(os_client, source, documents)
+    dest = f"{index_prefix}copy" if copy else None
+    report = run_backfill(settings, BackfillRequest(source, dest, slices=2), FakeDetector())
+    assert report.checkpoint_id.startswith(f"backfill:{source}{'->' + dest if dest else ''}?query=")
+    wanted = {doc_id for doc_id, fields in documents if fields["service"] == "hdfs"}
+    labelled = {hit["_id"]: hit["_source"] for hit in all_hits(os_client, dest or source)}
+    # A copy takes only the query's documents; in place, the others stay untouched.
+    assert set(labelled) == (wanted if copy else {doc_id for doc_id, _ in documents})
+    assert {doc_id for doc_id, doc in labelled.items() if "anomaly" in doc} == wanted

@@ -15,6 +15,7 @@ from opensearchpy import OpenSearch
 
 from enricher.service import build_worker, run_once
 from enricher.settings import Settings
+from enricher.status import read_status
 from model.detector import RuntimeSettings, load_detector
 from model.errors import UserError
 from model.preprocess import HDFS_BLOCK_ID
@@ -226,3 +227,50 @@ def test_configuration_that_cannot_work_fails_at_start_with_the_setting_and_the_
     )
     assert cli.returncode == 2 and "Traceback" not in cli.stderr
     assert re.search(r"logllm once: error: LOGLLM_SOURCE__INDEX='.*missing': no such index", cli.stderr)
+
+
+def test_a_source_query_labels_only_its_documents_and_workers_with_disjoint_queries_share_an_index(
+    os_client: OpenSearch, index_prefix: str
+) -> None:
+    documents = [
+        (doc_id, {**source, "service": "hdfs" if int(doc_id) % 3 else "other"})
+        for doc_id, source in hdfs_documents(hdfs_lines(450))
+    ]
+    # One document per service without a timestamp: dead-lettered by its own service's worker only.
+    documents += [(f"untimed-{name}", {"message": "Receiving block blk_7", "service": name}) for name in ("hdfs", "other")]
+    service_of = {doc_id: source["service"] for doc_id, source in documents}
+    workers = {
+        name: worker_settings(index_prefix, source={"query": {"term": {"service.keyword": name}}})
+        for name in ("hdfs", "other")
+    }
+    assert workers["hdfs"].checkpoint_id != workers["other"].checkpoint_id
+    create_source(os_client, workers["hdfs"].source.index, documents)
+
+    summary = run_once(workers["hdfs"], FakeDetector())
+    assert summary.docs_read == sum(name == "hdfs" for doc_id, name in service_of.items() if not doc_id.startswith("untimed"))
+    docs = {hit["_id"]: hit["_source"] for hit in all_hits(os_client, workers["hdfs"].source.index)}
+    assert {doc_id for doc_id, doc in docs.items() if "anomaly" in doc} == {
+        doc_id for doc_id, name in service_of.items() if name == "hdfs"
+    }
+    assert docs["untimed-hdfs"]["anomaly"]["dead_letter"] == "missing_timestamp"
+    results = all_hits(os_client, workers["hdfs"].sink.results_index)
+    assert results and all(service_of[ref["id"]] == "hdfs" for hit in results for ref in hit["_source"]["docs"])
+    # The other service's unlabelled documents are not this worker's: nothing is reported missing.
+    assert read_status(workers["hdfs"]).unlabelled_behind_cursor == 0
+
+    # The second worker has its own checkpoint and lease: it labels the rest, and the first
+    # worker's next pass finds nothing new.
+    run_once(workers["other"], FakeDetector())
+    assert run_once(workers["hdfs"], FakeDetector()).docs_read == 0
+    docs = {hit["_id"]: hit["_source"] for hit in all_hits(os_client, workers["hdfs"].source.index)}
+    assert all("anomaly" in doc for doc in docs.values())
+    assert docs["untimed-other"]["anomaly"]["dead_letter"] == "missing_timestamp"
+
+
+def test_a_source_query_the_cluster_rejects_fails_at_start_naming_the_setting(
+    os_client: OpenSearch, index_prefix: str
+) -> None:
+    settings = worker_settings(index_prefix, source={"query": {"no_such_query": {"field": "x"}}})
+    create_source(os_client, settings.source.index, hdfs_documents(hdfs_lines(10)))
+    with pytest.raises(UserError, match=r"LOGLLM_SOURCE__QUERY=\{\"no_such_query\".*the cluster rejects it"):
+        build_worker(settings, FakeDetector())

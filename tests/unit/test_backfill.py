@@ -58,6 +58,9 @@ def test_server_copy_on_a_cluster_without_reindex_is_a_user_error() -> None:
 def test_checkpoint_ids_do_not_depend_on_the_range() -> None:
     assert backfill_checkpoint_id("logs-*", "logs-enriched") == "backfill:logs-*->logs-enriched"
     assert backfill_checkpoint_id("logs-*", None) == "backfill:logs-*"
+    # A source.query narrows what is labelled: its own progress.
+    narrowed = backfill_checkpoint_id("logs-*", None, {"term": {"service.name": "hdfs"}})
+    assert narrowed.startswith("backfill:logs-*?query=") and narrowed != backfill_checkpoint_id("logs-*", None, {"match_all": {}})
 
 
 @pytest.mark.parametrize("slices", [0, -1, 65])

@@ -65,6 +65,9 @@ def test_json_lists_and_nested_runtime_settings_from_the_environment(monkeypatch
         ({"LOGLLM_SOURCE__PAGESIZE": "10"}, ["LOGLLM_SOURCE__PAGESIZE", "unknown setting"]),
         ({"LOGLLM_SCORING__DETECTOR": "gpt"}, ["LOGLLM_SCORING__DETECTOR", "'auto', 'logllm' or 'logllama'"]),
         ({"LOGLLM_SCORING__LABEL_THRESHOLD": "1.5"}, ["LOGLLM_SCORING__LABEL_THRESHOLD", "less than or equal to 1"]),
+        ({"LOGLLM_SOURCE__QUERY": '{"term": {"a": 1}, "match": {"b": 2}}'}, ["LOGLLM_SOURCE__QUERY", "one query clause"]),
+        ({"LOGLLM_SOURCE__QUERY": '{"term": "x"}'}, ["LOGLLM_SOURCE__QUERY", "one query clause"]),
+        ({"LOGLLM_SOURCE__QUERY": "service:hdfs"}, ["LOGLLM_SOURCE__QUERY"]),
     ],
 )
 def test_a_wrong_value_names_the_setting_the_value_and_the_fix(
@@ -109,6 +112,30 @@ def test_the_rendered_config_is_a_valid_config_file_with_the_same_values(tmp_pat
     path.write_text(rendered)
     tomllib.loads(rendered)
     assert load_settings(path) == settings
+
+
+def test_a_source_query_from_env_or_file_gets_its_own_checkpoint_and_renders_as_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "worker.toml"
+    config.write_text('[source]\nindex = "logs-*"\nquery = { term = { "service.name" = "hdfs" } }\n')
+    from_file = load_settings(config)
+    assert from_file.source.query == {"term": {"service.name": "hdfs"}}
+    assert from_file.checkpoint_id != load_settings().checkpoint_id == "live:logs-*"
+    monkeypatch.setenv("LOGLLM_SOURCE__QUERY", '{"term": {"service.name": "hdfs"}}')
+    from_env = load_settings()
+    assert from_env.checkpoint_id == from_file.checkpoint_id
+    assert from_env.checkpoint_id.startswith("live:logs-*?query=")
+    # Key order does not matter; another query is another checkpoint.
+    both = {"bool": {"filter": [{"term": {"a": 1}}], "must_not": [{"term": {"b": 2}}]}}
+    reordered = {"bool": {"must_not": [{"term": {"b": 2}}], "filter": [{"term": {"a": 1}}]}}
+    monkeypatch.delenv("LOGLLM_SOURCE__QUERY")
+    assert load_settings(source={"query": both}).checkpoint_id == load_settings(source={"query": reordered}).checkpoint_id
+    assert load_settings(source={"query": both}).checkpoint_id != from_env.checkpoint_id
+    # `logllm config show` writes it as a TOML inline table that loads back to the same value.
+    rendered = tmp_path / "rendered.toml"
+    rendered.write_text(render_settings(load_settings(source={"query": both})))
+    assert load_settings(rendered).source.query == both
 
 
 def test_every_setting_is_described() -> None:
