@@ -537,8 +537,7 @@ def run_backfill(settings: Settings, request: BackfillRequest, detector: Detecto
     """
     from enricher.checkpoint import checkpoint_doc_id
     from enricher.client import Retrier, build_client
-    from enricher.grouping import EntryBuilder
-    from enricher.service import run_once
+    from enricher.service import checked_source, run_once
 
     check_slices(request.slices)
     check_names(request.source, request.dest, settings)
@@ -565,16 +564,10 @@ def run_backfill(settings: Settings, request: BackfillRequest, detector: Detecto
             if method == "server":
                 copy_report = copy_server_side(client, retrier, request.source, request.dest, query, request.slices)
             else:
-                entries = EntryBuilder(
-                    settings.grouping,
-                    settings.source.message_field,
-                    settings.source.timestamp_field,
-                    settings.scoring.max_message_chars,
+                reading = settings.model_copy(
+                    update={"source": settings.source.model_copy(update={"index": request.source})}
                 )
-                reader = OpenSearchSource(
-                    client, settings.source.model_copy(update={"index": request.source}), entries.fields, retrier
-                )
-                reader.check()
+                _, reader = checked_source(reading, client, retrier)
                 copy_report = copy_client_side(
                     reader, request.dest, query, request.slices, settings.sink.bulk_actions, request.progress
                 )
