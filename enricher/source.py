@@ -286,7 +286,7 @@ class OpenSearchSource:
             return Survey(None, 0, 0)
         ts = self.settings.timestamp_field
         newest = self._search(
-            {"size": 0, "query": restricted({"match_all": {}}, self.settings.query), "aggs": {"newest": {"max": {"field": ts}}}},
+            {"size": 0, "query": self.settings.query or {"match_all": {}}, "aggs": {"newest": {"max": {"field": ts}}}},
             "newest document",
         )
         newest_value = newest["aggregations"]["newest"]["value"]

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from enricher.sink import iso_ms
+
 if TYPE_CHECKING:
     from enricher.settings import Settings
 
@@ -91,8 +93,7 @@ class WorkerStatus:
 
 
 def _iso(epoch_ms: int | None) -> str | None:
-    from enricher.sink import iso_ms
-
+    # 0 is "never" here: a released lease expires at 0.
     return iso_ms(epoch_ms) if epoch_ms else None
 
 
@@ -100,8 +101,9 @@ def read_status(settings: Settings, now_s: float | None = None) -> WorkerStatus:
     """Read the worker's status for `settings` (its source and checkpoint) from the cluster.
 
     Raises:
-        UserError: the cluster is unreachable or refuses the credentials, or the source index
-            or a configured field does not exist.
+        RetriesExhausted: the cluster stayed unreachable past the retry budget.
+        UserError: the cluster refuses the credentials, or the source index, a configured field
+            or `source.query` does not work with it.
     """
     from enricher.checkpoint import OpenSearchCheckpointStore
     from enricher.client import Retrier, build_client
