@@ -39,6 +39,10 @@ CONFIGS = {
 }
 FRACTIONS = (0.05, 0.10, 0.25)
 # What the results file holds about the full run (kept when its run folder is gone).
+CAP_ORDER_TEXT = {
+    "random": "a uniform prefix of the shuffled pool",
+    "distinct_first": "every distinct cleaned sequence of each class once before any repeat, `sampler.cap_order`",
+}
 FULL_RUN_KEYS = ("dataset", "model", "split", "split_counts", "recipe", "logllm", "baseline", "stages")
 # Anomaly-associated templates whose words say what went wrong; chosen by hand from the
 # per-template label counts (documented in RESULTS.md). Regexes over the raw message.
@@ -239,7 +243,7 @@ def main() -> None:
             "split_counts": full["split"],
             "recipe": {"config": str(CONFIGS[args.dataset].relative_to(REPO)), "stages": recipe,
                        "micro_batch": full_cfg.optim.micro_batch, "accumulation": full_cfg.optim.accumulation,
-                       "beta": full_cfg.sampler.beta, "threads": full_cfg.runtime.threads, "dtype": full_cfg.runtime.dtype},
+                       "beta": full_cfg.sampler.beta, "cap_order": full_cfg.sampler.cap_order, "threads": full_cfg.runtime.threads, "dtype": full_cfg.runtime.dtype},
             "logllm": _metrics(full["results"]["logllm"]),
             "baseline": _metrics(full["results"]["baseline"]),
             "stages": _stages(full_cfg.output),
@@ -341,7 +345,7 @@ def _markdown(dataset: str, p: dict[str, Any]) -> str:
         f"| {name} | {r.get('wall_s', '-')} | {r.get('cpu_s', '-')} | {r.get('peak_rss_mb', '-')} |" for name, r in p["runs"].items()
     )
     return f"""Dataset: {p['dataset']}. Split: {p['split']} (train {p['split_counts']['train']}, {p['split_counts']['train_anomalous']} anomalous; test {p['split_counts']['test']}, {p['split_counts']['test_anomalous']} anomalous).
-Detector `{p['model']['detector_version']}` ({p['model']['encoder']} + {p['model']['decoder']}), recipe `{p['recipe']['config']}`: the paper's stages, LRs, epochs, micro-batch {p['recipe']['micro_batch']} x accumulation {p['recipe']['accumulation']}, beta {p['recipe']['beta']}, with capped samples per stage (CPU budget), fp32, {p['recipe']['threads']} torch thread(s).
+Detector `{p['model']['detector_version']}` ({p['model']['encoder']} + {p['model']['decoder']}), recipe `{p['recipe']['config']}`: the paper's stages, LRs, epochs, micro-batch {p['recipe']['micro_batch']} x accumulation {p['recipe']['accumulation']}, beta {p['recipe']['beta']}, with capped samples per stage (CPU budget; the cut keeps {CAP_ORDER_TEXT[p['recipe'].get('cap_order', 'random')]}), fp32, {p['recipe']['threads']} torch thread(s).
 
 | detector (test split) | precision | recall | F1 | TP | FP | FN | TN |
 |---|---|---|---|---|---|---|---|

@@ -169,6 +169,13 @@ class SamplerConfig(BaseModel):
     max_samples_per_epoch: int | None = Field(
         None, ge=1, description="cap on samples per epoch of every stage (the official sampler's max_samples; a CPU budget)"
     )
+    cap_order: Literal["random", "distinct_first"] = Field(
+        "random",
+        description="which samples a capped epoch (stage `samples` or max_samples_per_epoch below the pool) keeps: "
+        "'random' = a uniform prefix of the shuffled pool (the official code); 'distinct_first' = one copy of every "
+        "distinct cleaned sequence of each class before any repeat, classes interleaved at the pool's ratio, so a "
+        "CPU-sized cut sees the rare normal shapes the full pool would show; an uncapped epoch is the same either way",
+    )
 
 
 class OptimConfig(BaseModel):

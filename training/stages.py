@@ -7,7 +7,8 @@ unit-tested without loading a model (`trainable_names` works on any named-parame
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -83,8 +84,32 @@ def _tile(indices: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarr
     return np.concatenate(parts)
 
 
+def _distinct_first(pool: np.ndarray, labels: np.ndarray, shapes: Sequence[Hashable], rng: np.random.Generator) -> np.ndarray:
+    """The shuffled `pool` reordered so that every prefix holds as many distinct shapes as it can.
+
+    Within each class, round r holds the r-th copy of every shape that has one (in shuffled
+    order), so the first round is one copy of each distinct shape. The two classes are then
+    merged by stratified keys (k + u) / n, so any prefix keeps the pool's class ratio (β).
+    """
+    ordered = []
+    for cls in np.unique(labels[pool]):
+        members = pool[labels[pool] == cls]
+        copies: Counter[Hashable] = Counter()
+        rounds = np.empty(len(members), dtype=np.int64)
+        for j, index in enumerate(members):
+            rounds[j] = copies[shapes[index]]
+            copies[shapes[index]] += 1
+        ordered.append(members[np.argsort(rounds, kind="stable")])
+    keys = np.concatenate([(np.arange(len(o)) + rng.random(len(o))) / len(o) for o in ordered])
+    return np.concatenate(ordered)[np.argsort(keys, kind="stable")]
+
+
 def epoch_order(
-    labels: Sequence[int], sampler: SamplerConfig, samples: int | None, rng: np.random.Generator
+    labels: Sequence[int],
+    sampler: SamplerConfig,
+    samples: int | None,
+    rng: np.random.Generator,
+    shapes: Sequence[Hashable] | None = None,
 ) -> np.ndarray:
     """Indices of the samples of one epoch, shuffled.
 
@@ -92,10 +117,14 @@ def epoch_order(
        `oversampled_minority` by tiling and a without-replacement remainder.
     2. Floor: the pool is tiled the same way up to `sampler.min_samples_per_epoch`, if set.
     3. Shuffle; then the first `samples` (stage setting; tiled if larger than the pool) and at
-       most `sampler.max_samples_per_epoch`.
+       most `sampler.max_samples_per_epoch`. When that keeps less than the pool and
+       `sampler.cap_order` is "distinct_first", the shuffled pool is first reordered by
+       `_distinct_first` on `shapes` (one hashable per training sequence, e.g. its cleaned
+       messages), so the cut keeps one copy of every distinct sequence before any repeat.
 
     Raises:
         UserError: fewer than two classes (nothing to balance; `data.check_trainable` says why).
+        ValueError: "distinct_first" cuts the pool and no `shapes` were given (a caller's bug).
     """
     y = np.asarray(labels)
     positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
@@ -106,6 +135,11 @@ def epoch_order(
     if sampler.min_samples_per_epoch and len(pool) < sampler.min_samples_per_epoch:
         pool = _tile(pool, sampler.min_samples_per_epoch, rng)
     pool = rng.permutation(pool)
+    kept = min(samples if samples is not None else len(pool), sampler.max_samples_per_epoch or len(pool))
+    if sampler.cap_order == "distinct_first" and kept < len(pool):
+        if shapes is None:
+            raise ValueError("cap_order 'distinct_first' needs the shape of every training sequence")
+        pool = _distinct_first(pool, y, shapes, rng)
     if samples is not None:
         pool = pool[:samples] if samples <= len(pool) else _tile(pool, samples, rng)
     if sampler.max_samples_per_epoch is not None:

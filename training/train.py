@@ -383,7 +383,9 @@ class _Trainer:
         if not encoder_trains:
             self._fill_vectors()
         orders = [
-            st.epoch_order(self.data.labels, cfg.sampler, stage.samples, st.epoch_rng(cfg.seed, index, epoch))
+            st.epoch_order(
+                self.data.labels, cfg.sampler, stage.samples, st.epoch_rng(cfg.seed, index, epoch), self.data.sequences
+            )
             for epoch in range(stage.epochs)
         ]
         mb, accumulation = cfg.optim.micro_batch, cfg.optim.accumulation

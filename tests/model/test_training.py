@@ -19,7 +19,7 @@ from model.logllm import LogLLMArchitecture
 from model.logllm_detector import LogLLMDetector
 from model.preprocess import HDFS_BLOCK_ID, normalize_sequence
 from tests.model.conftest import FP32, SMALL_ARCH
-from training.config import PAPER_STAGES, DataConfig, OptimConfig, StageConfig, TrainConfig
+from training.config import PAPER_STAGES, DataConfig, OptimConfig, SamplerConfig, StageConfig, TrainConfig
 from training.evaluate import read_metrics
 from training.shared_data import HDFS_HEAD20K, HDFS_HEAD20K_LABELS
 from training.stages import freeze_for_stage, group_of
@@ -154,8 +154,10 @@ def _losses(output: Path) -> list[tuple[int, str, float]]:
 def test_resume_after_crashes_equals_an_uninterrupted_run(tiny_hdfs: tuple[Path, Path], tmp_path: Path) -> None:
     """Crash inside stage 2-2 (last checkpoint: the end of stage 2-1) and inside stage 3 (last
     checkpoint: mid-stage, with AdamW and scheduler state); the resumed run must replay the same
-    losses and end with bit-identical weights."""
-    straight = _config(tiny_hdfs, tmp_path / "straight", RESUME_STAGES, checkpoint_every=2)
+    losses and end with bit-identical weights. Every stage keeps less than the 15-sample pool,
+    drawn distinct-first as the shipped CPU recipes do."""
+    sampler = SamplerConfig(cap_order="distinct_first")
+    straight = _config(tiny_hdfs, tmp_path / "straight", RESUME_STAGES, checkpoint_every=2, sampler=sampler)
     train(straight, progress=False)
 
     resumed = straight.model_copy(update={"output": tmp_path / "resumed"})

@@ -21,6 +21,7 @@ def test_defaults_are_the_paper_recipe() -> None:
     assert (config.optim.gamma, config.optim.decays_per_stage) == (0.7, 10)
     assert config.sampler.beta == 0.3
     assert config.sampler.min_samples_per_epoch is None and config.sampler.max_samples_per_epoch is None
+    assert config.sampler.cap_order == "random"  # the paper's stage 1 keeps a uniform 1,000 of the pool
     assert config.data.kind == "hdfs" and config.data.split == "random" and config.data.seed == 42
     assert config.architecture.decoder_lora.r == 8 and config.architecture.encoder_lora.alpha == 32
 
@@ -67,6 +68,7 @@ def test_toml_and_json_load_the_same(tmp_path: Path) -> None:
         ({"data": {"kind": "raw", "path": "x.log", "window": 10, "split": "random"}}, "use 'chronological'"),
         ({"data": {"kind": "opensearch"}}, "needs a \\[data.opensearch\\] table"),
         ({"sampler": {"beta": 1.0}}, "sampler.beta"),
+        ({"sampler": {"cap_order": "distinct"}}, "sampler.cap_order"),
     ],
 )
 def test_invalid_configs_name_the_key(raw: dict[str, object], message: str) -> None:

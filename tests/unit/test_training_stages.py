@@ -94,6 +94,46 @@ def test_samples_floor_and_cap() -> None:
     assert len(epoch_order(labels, SamplerConfig(max_samples_per_epoch=20), 1000, rng)) == 20
 
 
+def _skewed_shapes() -> tuple[list[int], list[str]]:
+    """200 normal sequences of 20 shapes (one shape 181 times, 19 seen once) and 20 anomalous
+    ones of 4 shapes: the long tail a capped HDFS stage misses when it keeps a uniform prefix."""
+    labels = [0] * 200 + [1] * 20
+    shapes = ["normal-common"] * 181 + [f"normal-rare-{i}" for i in range(19)] + [f"anomalous-{i % 4}" for i in range(20)]
+    return labels, shapes
+
+
+def test_distinct_first_cut_keeps_every_distinct_sequence_before_a_repeat() -> None:
+    labels, shapes = _skewed_shapes()
+    distinct = SamplerConfig(cap_order="distinct_first")
+    cut = epoch_order(labels, distinct, 40, np.random.default_rng(0), shapes)
+    kept = Counter(shapes[i] for i in cut)
+    assert len(cut) == 40
+    # the cut's 28 normal samples cover all 20 normal shapes; its 12 anomalous ones all 4 shapes, 3 each
+    assert {s for s in kept if s.startswith("normal")} == {s for s in shapes if s.startswith("normal")}
+    assert [kept[f"anomalous-{i}"] for i in range(4)] == [3, 3, 3, 3]
+    # the pool's class ratio holds in every prefix, not only in the whole cut
+    pool_share = oversampled_minority(200, 20, 0.3) / (200 + oversampled_minority(200, 20, 0.3))
+    for n in (5, 10, 20, 40):
+        assert sum(labels[i] for i in cut[:n]) == pytest.approx(n * pool_share, abs=1)
+    # a uniform prefix of the same length misses most of the rare normal shapes (seed-fixed draw)
+    uniform = Counter(shapes[i] for i in epoch_order(labels, SamplerConfig(), 40, np.random.default_rng(0)))
+    assert sum(1 for s in uniform if s.startswith("normal")) < 10
+
+
+def test_distinct_first_changes_nothing_when_the_epoch_keeps_the_whole_pool() -> None:
+    labels, shapes = _skewed_shapes()
+    for samples in (None, 1000):  # the whole pool, and a stage tiled beyond it
+        uniform = epoch_order(labels, SamplerConfig(), samples, epoch_rng(42, 1, 0))
+        distinct = epoch_order(labels, SamplerConfig(cap_order="distinct_first"), samples, epoch_rng(42, 1, 0), shapes)
+        assert np.array_equal(uniform, distinct)
+    capped = SamplerConfig(cap_order="distinct_first", max_samples_per_epoch=40)
+    first = epoch_order(labels, capped, None, epoch_rng(42, 1, 0), shapes)
+    assert np.array_equal(first, epoch_order(labels, capped, None, epoch_rng(42, 1, 0), shapes))  # a resume replays it
+    assert not np.array_equal(first, epoch_order(labels, capped, None, epoch_rng(42, 1, 1), shapes))
+    with pytest.raises(ValueError, match="shape"):
+        epoch_order(labels, capped, None, epoch_rng(42, 1, 0))
+
+
 def test_single_class_cannot_be_balanced() -> None:
     with pytest.raises(UserError, match="both classes"):
         epoch_order([0, 0, 0], SamplerConfig(), None, np.random.default_rng(0))
