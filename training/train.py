@@ -393,11 +393,12 @@ class _Trainer:
         horizon = st.schedule_horizon(stage, sum(per_epoch), self.data.labels, cfg.sampler, mb)
         interval = st.decay_interval(horizon, cfg.optim.decays_per_stage)
         samples = sum(len(order) for order in orders)
+        distinct = len({self.data.sequences[i] for order in orders for i in order})
         log.info(
-            "stage %s: trains %s, %d samples (%d epochs), %d micro-batches of %d, LR %.1e decays x%.2f every %d "
-            "(schedule over %d micro-batches)",
-            stage.name, stage.trains, samples, stage.epochs, sum(per_epoch), mb, stage.lr, cfg.optim.gamma, interval,
-            horizon,
+            "stage %s: trains %s, %d samples (%d epochs; %d distinct sequences of %d, cut %s), %d micro-batches of %d, "
+            "LR %.1e decays x%.2f every %d (schedule over %d micro-batches)",
+            stage.name, stage.trains, samples, stage.epochs, distinct, len(set(self.data.sequences)),
+            cfg.sampler.cap_order, sum(per_epoch), mb, stage.lr, cfg.optim.gamma, interval, horizon,
         )
         self.rss.reset()
         session_started = time.perf_counter()
