@@ -96,11 +96,21 @@ def _reference(dataset: str, split: Any) -> dict[str, Any]:
 
 
 def _same_run(config: Any) -> bool:
-    """Whether `config.output` holds a finished run (report.json) trained with this very config."""
+    """Whether `config.output` holds a finished run (report.json) trained with this very config.
+
+    The recorded config is read through the current config class first, so a field added since
+    (whose default is the behaviour from before it, e.g. `min_key_share = 0`) does not make an
+    old run look like another recipe; one that no longer validates is another recipe."""
+    from pydantic import ValidationError
+
     record = config.output / "training.json"
     if not (config.output / "report.json").exists() or not record.exists():
         return False
-    return _recipe(json.loads(record.read_text())["config"]) == _recipe(config.model_dump(mode="json"))
+    try:
+        recorded = type(config).model_validate(json.loads(record.read_text())["config"])
+    except ValidationError:
+        return False
+    return _recipe(recorded.model_dump(mode="json")) == _recipe(config.model_dump(mode="json"))
 
 
 def _recipe(config: dict[str, Any]) -> dict[str, Any]:
