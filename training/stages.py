@@ -149,7 +149,9 @@ def epoch_order(
 
 def pool_size(labels: Sequence[int], sampler: SamplerConfig) -> int:
     """Samples in one epoch over the whole balanced pool (after the floor and the cap)."""
-    return len(epoch_order(labels, sampler, None, np.random.default_rng(0)))
+    # Only the length is needed, and it does not depend on which samples a cut keeps.
+    uniform = sampler.model_copy(update={"cap_order": "random"})
+    return len(epoch_order(labels, uniform, None, np.random.default_rng(0)))
 
 
 def epoch_rng(seed: int, stage_index: int, epoch: int) -> np.random.Generator:

@@ -151,6 +151,7 @@ def test_pool_size_is_one_epoch_over_the_balanced_pool() -> None:
     assert pool_size(labels, SamplerConfig()) == 93 + 39
     assert pool_size(labels, SamplerConfig(min_samples_per_epoch=500)) == 500
     assert pool_size(labels, SamplerConfig(max_samples_per_epoch=50)) == 50
+    assert pool_size(labels, SamplerConfig(max_samples_per_epoch=50, cap_order="distinct_first")) == 50
 
 
 def test_schedule_horizon_compressed_or_paper_length() -> None:
