@@ -38,11 +38,12 @@ CONFIGS = {
     "bgl": REPO / "training" / "configs" / "logllm_bgl_small_cpu.toml",
 }
 FRACTIONS = (0.05, 0.10, 0.25)
-# What the results file holds about the full run (kept when its run folder is gone).
+# How the report describes `sampler.cap_order` (results of older runs carry none: "random").
 CAP_ORDER_TEXT = {
     "random": "a uniform prefix of the shuffled pool",
     "distinct_first": "every distinct cleaned sequence of each class once before any repeat, `sampler.cap_order`",
 }
+# What the results file holds about the full run (kept when its run folder is gone).
 FULL_RUN_KEYS = ("dataset", "model", "split", "split_counts", "recipe", "logllm", "baseline", "stages")
 # Anomaly-associated templates whose words say what went wrong; chosen by hand from the
 # per-template label counts (documented in RESULTS.md). Regexes over the raw message.
@@ -243,7 +244,8 @@ def main() -> None:
             "split_counts": full["split"],
             "recipe": {"config": str(CONFIGS[args.dataset].relative_to(REPO)), "stages": recipe,
                        "micro_batch": full_cfg.optim.micro_batch, "accumulation": full_cfg.optim.accumulation,
-                       "beta": full_cfg.sampler.beta, "cap_order": full_cfg.sampler.cap_order, "threads": full_cfg.runtime.threads, "dtype": full_cfg.runtime.dtype},
+                       "beta": full_cfg.sampler.beta, "cap_order": full_cfg.sampler.cap_order,
+                       "threads": full_cfg.runtime.threads, "dtype": full_cfg.runtime.dtype},
             "logllm": _metrics(full["results"]["logllm"]),
             "baseline": _metrics(full["results"]["baseline"]),
             "stages": _stages(full_cfg.output),

@@ -223,12 +223,14 @@ class TrainedRun:
 
 
 class _Data:
-    """Cleaned training sequences and labels, plus the distinct-message vocabulary."""
+    """Cleaned training sequences and labels, how many of them are distinct, and the
+    distinct-message vocabulary."""
 
     def __init__(self, split: Split, detector: LogLLMDetector) -> None:
         arch = detector.model.arch
         self.sequences = [normalize_sequence(s.messages, arch.regex_set, arch.max_messages) for s in split.train]
         self.labels = [s.label for s in split.train]
+        self.n_distinct = len(set(self.sequences))
         self.vocabulary = list(dict.fromkeys(m for seq in self.sequences for m in seq))
         self.row = {m: i for i, m in enumerate(self.vocabulary)}
         digest = hashlib.sha256()
@@ -397,7 +399,7 @@ class _Trainer:
         log.info(
             "stage %s: trains %s, %d samples (%d epochs; %d distinct sequences of %d, cut %s), %d micro-batches of %d, "
             "LR %.1e decays x%.2f every %d (schedule over %d micro-batches)",
-            stage.name, stage.trains, samples, stage.epochs, distinct, len(set(self.data.sequences)),
+            stage.name, stage.trains, samples, stage.epochs, distinct, self.data.n_distinct,
             cfg.sampler.cap_order, sum(per_epoch), mb, stage.lr, cfg.optim.gamma, interval, horizon,
         )
         self.rss.reset()
