@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -88,17 +86,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 def data_config_from(spec: str) -> Any:
     """`--dataset`: a builtin name or a TOML/JSON file holding a [data] table (or only data keys)."""
-    from training.config import DataConfig, TrainConfig, parse_config
+    from training.config import DataConfig, TrainConfig, parse_config, read_config_file
 
     if spec in BUILTIN_DATASETS:
         return DataConfig.model_validate(BUILTIN_DATASETS[spec])
     path = Path(spec)
     if not path.is_file():
         raise UserError(f"--dataset {spec!r}: not {' or '.join(BUILTIN_DATASETS)} and no such file")
-    try:
-        raw = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"--dataset {path}: not valid TOML/JSON: {exc}") from exc
+    raw = read_config_file(path, "training/configs/")
     config: TrainConfig = parse_config({"data": raw.get("data", raw)}, str(path))
     return config.data
 

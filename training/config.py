@@ -260,18 +260,39 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
         raise UserError(format_validation_error(exc, source)) from exc
 
 
+def read_config_file(path: Path, examples: str) -> dict[str, Any]:
+    """The table of a TOML (``.toml``) or JSON config file; `examples` names where working
+    configs live, for the error messages.
+
+    An empty file is refused: every field has a default, so an empty config (a failed edit,
+    a truncated copy) would otherwise start the paper's full recipe on the default dataset.
+
+    Raises:
+        UserError: missing or unreadable file, bad syntax, not a table, or no keys at all.
+    """
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; see {examples} for examples")
+    kind = "JSON" if path.suffix == ".json" else "TOML"
+    try:
+        text = path.read_text()
+        raw = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} cannot be read: {exc}") from exc
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid {kind}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must hold a {kind} table of settings, not {type(raw).__name__}")
+    if not raw:
+        raise UserError(f"config file {path} is empty; start from one of {examples}")
+    return raw
+
+
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a TOML (``.toml``) or JSON config file, apply top-level `overrides`, validate.
 
     Raises:
-        UserError: missing file, unreadable syntax, or invalid values.
+        UserError: missing, empty or unreadable file, bad syntax, or invalid values.
     """
-    if not path.is_file():
-        raise UserError(f"config file {path} does not exist; see training/configs/ for examples")
-    text = path.read_text()
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from exc
+    raw = read_config_file(path, "training/configs/logllm_*.toml")
     raw.update(overrides or {})
     return parse_config(raw, str(path))

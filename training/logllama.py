@@ -41,7 +41,6 @@ import logging
 import math
 import sys
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ from model.detector import RuntimeSettings
 from model.errors import UserError
 from model.logkeys import DrainSettings, LogKeyMap
 from model.logllama import DEFAULT_K, IGNORE, KeyBatch, LogLLaMAArchitecture, LogLLaMADetector, key_batch, outside_topk
-from training.config import DataConfig, format_validation_error
+from training.config import DataConfig, format_validation_error, read_config_file
 from training.data import Dataset, LabelledSequence, build_split, load_dataset
 
 log = logging.getLogger(__name__)
@@ -220,15 +219,9 @@ def load_logllama_config(path: Path, overrides: dict[str, Any] | None = None) ->
     """Read a TOML or JSON config, apply top-level `overrides`, validate.
 
     Raises:
-        UserError: missing file, bad syntax or invalid values.
+        UserError: missing, empty or unreadable file, bad syntax, or invalid values.
     """
-    if not path.is_file():
-        raise UserError(f"config file {path} does not exist; see training/configs/logllama_*.toml")
-    text = path.read_text()
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"config file {path} is not valid TOML/JSON: {exc}") from exc
+    raw = read_config_file(path, "training/configs/logllama_*.toml")
     raw.update(overrides or {})
     return parse_logllama_config(raw, str(path))
 
@@ -841,11 +834,10 @@ def config_selects_logllama(path: Path) -> bool:
     """Whether a `logllm train --config` file has top-level ``detector = "logllama"`` (an
     unreadable file is left to the LogLLM loader, which reports it)."""
     try:
-        text = path.read_text()
-        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError):
+        raw = read_config_file(path, "training/configs/")
+    except UserError:
         return False
-    return isinstance(raw, dict) and raw.get("detector") == "logllama"
+    return raw.get("detector") == "logllama"
 
 
 def run_train_command(config: LogLLaMATrainConfig) -> int:

@@ -26,6 +26,13 @@ def test_train_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert code == 2 and "config file" in err and "does not exist" in err
 
 
+def test_train_empty_config_is_refused_before_any_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    code, err = _run(["train", "--config", str(empty)], capsys)
+    assert code == 2 and f"config file {empty} is empty" in err
+
+
 def test_train_invalid_config_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _run(["train", "--config", str(_config(tmp_path, "[optim]\nmicro_batch = -1\n"))], capsys)
     assert code == 2 and "optim.micro_batch" in err

@@ -85,6 +85,19 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         load_config(bad)
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [("empty.toml", "# all commented out\n", "is empty"), ("empty.json", "{}", "is empty"),
+     ("list.json", "[1]", "must hold a JSON table")],
+)
+def test_empty_or_non_table_config_is_refused(tmp_path: Path, name: str, text: str, message: str) -> None:
+    # Every field has a default, so an empty file would otherwise start the paper's full recipe.
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_config(path)
+
+
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("logllm_*.toml")), ids=lambda p: p.name)
 def test_shipped_configs_parse(path: Path) -> None:
     config = load_config(path)
