@@ -10,6 +10,7 @@ import pytest
 from model.preprocess import (
     HDFS_BLOCK_ID,
     LogLine,
+    RegexSet,
     build_sequences,
     fixed_windows,
     iter_log_lines,
@@ -50,6 +51,24 @@ def test_first_listed_rule_wins_at_a_position() -> None:
     assert normalize_message("/var/true/log") == "<*>"
     # An 8-hex word that contains digits is taken by rule 12 before rule 16; same output.
     assert normalize_message("crc 1234abcd") == "crc <*>"
+
+
+@pytest.mark.parametrize("regex_set", ["v1", "v2"])
+def test_rules_left_out_for_lack_of_their_characters_change_nothing(regex_set: RegexSet) -> None:
+    """A message without "@" (or "/" and "\\") is cleaned without the e-mail (path) rules; the
+    result must equal the full alternation's on messages with and without those characters."""
+    cases = [
+        "mail a.b@c.d-e.f now",
+        "x@y",
+        r"open C:\dir\f.txt failed",
+        "a/b",
+        "true@x/y",
+        "user@host ran /bin/ls at Jan 3 10:00 on Monday",
+        "no gate characters here 12 true",
+    ]
+    assert [normalize_message(m, regex_set) for m in cases] == normalize_joined(cases, regex_set)
+    if regex_set == "v2":
+        assert normalize_message("mail a.b@c.d-e.f now") == "mail <*> now"
 
 
 def test_v1_rules_only_touch_paths_and_digit_tokens() -> None:
