@@ -96,22 +96,22 @@ def experiment_configs(dataset: str, runs: Path, full_run: Path | None) -> dict[
 def run_training(name: str, config: TrainConfig) -> dict[str, Any]:
     """`logllm train` in a child process; returns wall and CPU seconds and peak RSS of the child."""
     output = config.output
-    report = output / "eval" / "report.json"
     done_marker = output / "bench_done.json"
-    if report.exists() and done_marker.exists() and json.loads(done_marker.read_text())["digest"] == config.digest():
+    record = finished_record(config)
+    if record is not None:
         print(f"bench_train: {name}: already done ({output})", file=sys.stderr)
-        return json.loads(done_marker.read_text())
-    if report.exists() and (output / "config.json").exists():
-        # A run made outside this script (e.g. the shipped model's `logllm train`): reuse it when
-        # it was trained with the same recipe; its stage times come from its metrics.
-        record = reused_run_record(config)
-        if record is not None:
-            done_marker.write_text(json.dumps(record))
-            return record
+        done_marker.write_text(json.dumps(record))
+        return record
     output.mkdir(parents=True, exist_ok=True)
     config_file = output / "bench_config.json"
     config_file.write_text(config.model_dump_json(indent=2))
     cmd = [sys.executable, "-m", "enricher.cli", "train", "--config", str(config_file)]
+    recorded = output / "config.json"
+    if recorded.exists() and TrainConfig.model_validate_json(recorded.read_text()).digest() != config.digest():
+        # This script's own folder, left by a run of an earlier recipe: start over. A run of
+        # this recipe that was interrupted is resumed instead (no --fresh).
+        print(f"bench_train: {name}: {output} holds a run of another recipe; training afresh", file=sys.stderr)
+        cmd.append("--fresh")
     print(f"bench_train: {name}: {' '.join(cmd)}", file=sys.stderr)
     started = time.perf_counter()
     with (output / "train.log").open("a") as log:
@@ -128,6 +128,22 @@ def run_training(name: str, config: TrainConfig) -> dict[str, Any]:
     }
     done_marker.write_text(json.dumps(record))
     return record
+
+
+def finished_record(config: TrainConfig) -> dict[str, Any] | None:
+    """The record of a finished, evaluated run of exactly this recipe in `config.output`, or None
+    (not run, unfinished, or trained with another recipe: its figures must not stand for this one)."""
+    if not (config.output / "eval" / "report.json").exists():
+        return None
+    marker = config.output / "bench_done.json"
+    if marker.exists():
+        record: dict[str, Any] = json.loads(marker.read_text())
+        if record["digest"] == config.digest():
+            return record
+    if (config.output / "config.json").exists():
+        # A run made outside this script (e.g. the shipped model's `logllm train`).
+        return reused_run_record(config)
+    return None
 
 
 def reused_run_record(config: TrainConfig) -> dict[str, Any] | None:
@@ -206,23 +222,19 @@ def main() -> None:
     if args.only:
         return
     for name, cfg in configs.items():
-        marker = cfg.output / "bench_done.json"
-        if name not in runs and marker.exists():
-            runs[name] = json.loads(marker.read_text())
-        elif name not in runs and (cfg.output / "config.json").exists():
-            runs[name] = reused_run_record(cfg) or {}
+        if name not in runs and (record := finished_record(cfg)) is not None:
+            runs[name] = record
 
     # An experiment that was not run (CPU budget) is reported as such, never filled in. One
     # whose run folder is gone (runs/ is not kept) keeps the figures an earlier run of this
     # script measured, from the results file, marked with that file's date.
-    reports = {
-        name: json.loads((cfg.output / "eval" / "report.json").read_text())
-        for name, cfg in configs.items()
-        if (cfg.output / "eval" / "report.json").exists()
-    }
+    reports = {name: json.loads((cfg.output / "eval" / "report.json").read_text()) for name, cfg in configs.items() if name in runs}
     previous_path = RESULTS_DIR / f"train_{args.dataset}.json"
     previous = json.loads(previous_path.read_text()) if previous_path.exists() else {}
     carried: dict[str, str] = {}  # experiment -> date of the results file that first held its figures
+
+    def measured_with_this_recipe(name: str) -> bool:
+        return previous.get("runs", {}).get(name, {}).get("digest") == configs[name].digest()
 
     def measured_on(name: str) -> str:
         return str(previous.get("carried_over", {}).get(name, previous.get("date")))
@@ -250,11 +262,11 @@ def main() -> None:
             "baseline": _metrics(full["results"]["baseline"]),
             "stages": _stages(full_cfg.output),
         }
-    elif previous:
+    elif previous and measured_with_this_recipe("full"):
         full_fields = {key: previous[key] for key in FULL_RUN_KEYS}
         carried["full"] = measured_on("full")
     else:
-        raise SystemExit(f"bench_train: the full run has no report yet ({full_cfg.output}); run it first")
+        raise SystemExit(f"bench_train: no finished full run of this recipe ({full_cfg.output}); run it first")
     earlier_points = {point["fraction"]: point for point in previous.get("learning_curve", [])}
     curve = []
     for fraction, name in [(f, f"fraction-{f:g}") for f in FRACTIONS] + [(1.0, "full")]:
@@ -263,7 +275,7 @@ def main() -> None:
         elif name == "full":
             curve.append({**earlier_points.get(1.0, {}), "fraction": 1.0,
                           "logllm_f1": full_fields["logllm"]["f1"], "baseline_f1": full_fields["baseline"]["f1"]})
-        elif fraction in earlier_points:
+        elif fraction in earlier_points and measured_with_this_recipe(name):
             curve.append(earlier_points[fraction])
             carried[name] = measured_on(name)
     unseen_block: dict[str, Any] = {"held_out": HOLD_OUT[args.dataset], "logllm_f1": None, "baseline_f1": None}
@@ -279,7 +291,7 @@ def main() -> None:
             "logllm": _metrics(unseen["results"]["logllm"]),
             "baseline": _metrics(unseen["results"]["baseline"]),
         }
-    elif previous.get("unseen_templates", {}).get("logllm_f1") is not None:
+    elif previous.get("unseen_templates", {}).get("logllm_f1") is not None and measured_with_this_recipe("unseen"):
         unseen_block = previous["unseen_templates"]
         carried["unseen"] = measured_on("unseen")
     earlier_runs = previous.get("runs", {})
@@ -332,8 +344,8 @@ def _markdown(dataset: str, p: dict[str, Any]) -> str:
     else:
         unseen = f"Unseen templates (held out: {held}): not run.\n"
     carried = (
-        "Carried over from earlier runs of this script (their run folders are gone; the figures are those measured "
-        "then, as written in the results file of that date): "
+        "Carried over from earlier runs of this script with the same recipe (no finished run folder of it here; the "
+        "figures are those measured then, as written in the results file of that date): "
         + ", ".join(f"{name} ({date})" for name, date in p["carried_over"].items())
         + ".\n\n"
         if p.get("carried_over") else ""

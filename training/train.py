@@ -354,6 +354,8 @@ class _Trainer:
             self._truncate_metrics(position.global_step)
             self._record({"event": "resume", "step": position.global_step, "checkpoint": checkpoint.name})
             log.info("resuming from %s (stage %d, step %d)", checkpoint, position.stage_index, position.global_step)
+        # Only now, the folder known to hold this run: a refused run must not relabel another's.
+        (self.output / "config.json").write_text(self.config.model_dump_json(indent=2) + "\n")
         try:
             for index, stage in enumerate(self.config.stages):
                 if index < position.stage_index:
@@ -505,7 +507,8 @@ def train(
     """Train a LogLLM detector as `config` says, resuming from the run folder's checkpoint.
 
     Args:
-        fresh: delete an existing run folder's checkpoints and metrics first.
+        fresh: discard an existing run in the folder first (checkpoints, metrics, stage
+            records, detector, evaluation).
         on_step: called after every optimiser step (tests use it to interrupt a run).
     Returns:
         The trained run; `report` is set when `config.evaluate`.
@@ -516,10 +519,12 @@ def train(
     split = prepare(config, os_client)
     output = config.output
     if fresh and output.exists():
-        for path in [*output.glob("checkpoint-*"), output / LATEST, output / METRICS, output / "stages"]:
+        # Everything a run writes: a detector or evaluation left from the discarded run would
+        # otherwise sit beside the new config.json as if this run had produced it.
+        written = [output / LATEST, output / METRICS, output / "stages", output / "detector", output / "eval"]
+        for path in [*output.glob("checkpoint-*"), *written]:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
     torch.manual_seed(config.seed)
     detector = _make_detector(config)
     data = _Data(split, detector)

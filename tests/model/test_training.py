@@ -185,7 +185,13 @@ def test_resuming_with_another_config_is_refused(tiny_hdfs: tuple[Path, Path], t
     other = config.model_copy(update={"seed": 7})
     with pytest.raises(UserError, match="checkpoint of another config"):
         train(other, progress=False)
-    train(other, progress=False, fresh=True)  # --fresh discards it
+    recorded = TrainConfig.model_validate_json((tmp_path / "run" / "config.json").read_text())
+    assert recorded.digest() == config.digest()  # the refused run did not relabel the folder
+    stale = tmp_path / "run" / "eval" / "report.json"  # as if the first config's run had been evaluated
+    stale.parent.mkdir()
+    stale.write_text("{}")
+    train(other, progress=False, fresh=True)  # --fresh discards it, evaluation included
+    assert not stale.exists()
 
 
 def test_a_real_tiny_run_lowers_the_loss_and_evaluates(tiny_hdfs: tuple[Path, Path], tmp_path: Path) -> None:
