@@ -155,13 +155,14 @@ def demo_settings(url: str, model_dir: Path | None) -> Settings:
     from model.preprocess import HDFS_BLOCK_ID
 
     # The demo's own names and grouping win over anything in the environment: it must never read
-    # or write someone's real indices.
+    # or write someone's real indices. Its documents carry a unique numeric `line`, the kind of
+    # tiebreaker the settings recommend (sorting on _id loads it into heap and is deprecated).
     return settings.model_copy(
         update={
             "opensearch": settings.opensearch.model_copy(update={"hosts": [url]}),
             "source": settings.source.model_copy(
                 update={"index": LOGS_INDEX, "timestamp_field": "@timestamp", "message_field": "message",
-                        "tiebreaker_field": "_id", "start_at": None}
+                        "tiebreaker_field": "line", "start_at": None}
             ),
             "grouping": settings.grouping.model_copy(
                 update={"mode": "session", "session_field": None, "session_regex": HDFS_BLOCK_ID.pattern,
