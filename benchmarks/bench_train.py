@@ -106,8 +106,7 @@ def run_training(name: str, config: TrainConfig) -> dict[str, Any]:
     config_file = output / "bench_config.json"
     config_file.write_text(config.model_dump_json(indent=2))
     cmd = [sys.executable, "-m", "enricher.cli", "train", "--config", str(config_file)]
-    recorded = output / "config.json"
-    if recorded.exists() and TrainConfig.model_validate_json(recorded.read_text()).digest() != config.digest():
+    if recorded_digest(output) not in (None, config.digest()):
         # This script's own folder, left by a run of an earlier recipe: start over. A run of
         # this recipe that was interrupted is resumed instead (no --fresh).
         print(f"bench_train: {name}: {output} holds a run of another recipe; training afresh", file=sys.stderr)
@@ -140,17 +139,20 @@ def finished_record(config: TrainConfig) -> dict[str, Any] | None:
         record: dict[str, Any] = json.loads(marker.read_text())
         if record["digest"] == config.digest():
             return record
-    if (config.output / "config.json").exists():
-        # A run made outside this script (e.g. the shipped model's `logllm train`).
-        return reused_run_record(config)
-    return None
+    # Otherwise a run made outside this script (e.g. the shipped model's `logllm train`).
+    return reused_run_record(config)
+
+
+def recorded_digest(output: Path) -> str | None:
+    """The recipe digest of the run `logllm train` recorded in `output` (None: no run there)."""
+    recorded = output / "config.json"
+    return TrainConfig.model_validate_json(recorded.read_text()).digest() if recorded.exists() else None
 
 
 def reused_run_record(config: TrainConfig) -> dict[str, Any] | None:
     """The record of a finished run made outside this script with the same recipe (its stage
     times come from its metrics), or None when the run folder holds another recipe."""
-    previous = TrainConfig.model_validate_json((config.output / "config.json").read_text())
-    if previous.digest() != config.digest():
+    if recorded_digest(config.output) != config.digest():
         return None
     stages = _stages(config.output)
     return {"digest": config.digest(), "wall_s": round(sum(s["wall_s"] for s in stages.values()), 1),
