@@ -62,8 +62,23 @@ def write_detector_folder(
         path = folder / name
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path))
         hashes[name] = _sha256(path)
-    full = {**manifest, "format_version": FORMAT_VERSION, "weights": hashes}
-    full["version"] = _version_hash(full)
+    return _write_manifest(folder, {**manifest, "format_version": FORMAT_VERSION, "weights": hashes})
+
+
+def rewrite_manifest(folder: Path, changes: Mapping[str, Any]) -> str:
+    """Set top-level manifest entries of the checked folder `folder` (weights untouched) and
+    return its new version hash: a changed manifest is another detector version, so labels
+    written before and after stay distinguishable.
+
+    Raises:
+        UserError: the folder fails `read_manifest`'s checks.
+    """
+    manifest = read_manifest(folder)
+    return _write_manifest(folder, {**manifest, **changes})
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> str:
+    full = {**manifest, "version": _version_hash(manifest)}
     handle, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-", suffix=".json")
     with os.fdopen(handle, "w") as out:
         json.dump(full, out, indent=2, sort_keys=True)

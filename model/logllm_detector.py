@@ -7,7 +7,9 @@ Scoring path for a batch of raw sequences:
 Folder layout: ``manifest.json``, ``projector.safetensors``, ``decoder_lora.safetensors``,
 ``encoder_lora.safetensors``. The manifest records the architecture, fingerprints of both base
 models, the prompt's token ids and the preprocessing version; `load` refuses a folder whose
-record does not match the base models it is asked to run on.
+record does not match the base models it is asked to run on. An optional `decision` entry
+(written by `logllm calibrate`) replaces the greedy answer as the label rule: anomalous when
+p(anomalous) >= its threshold.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from model.backbones import choose_placement
 from model.cache import CountingLRU, score_through_cache
 from model.detector import ProgressFn, RuntimeSettings, Verdict
-from model.errors import ManifestMismatchError
+from model.errors import ManifestMismatchError, UserError
 from model.folder import read_weights, write_detector_folder
 from model.logllm import LogLLM, LogLLMArchitecture, parse_answer
 from model.preprocess import PREPROCESSING_VERSION, normalize_sequence
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 PROJECTOR_FILE = "projector.safetensors"
 DECODER_LORA_FILE = "decoder_lora.safetensors"
 ENCODER_LORA_FILE = "encoder_lora.safetensors"
+DECISION = "decision"  # manifest entry: {"rule": "score_threshold", "threshold": t, ...how it was chosen}
 
 
 def _fingerprint(module: torch.nn.Module) -> dict[str, Any]:
@@ -59,9 +62,13 @@ class LogLLMDetector:
 
     name = "logllm"
 
-    def __init__(self, model: LogLLM, runtime: RuntimeSettings, version: str = "untrained") -> None:
+    def __init__(
+        self, model: LogLLM, runtime: RuntimeSettings, version: str = "untrained", threshold: float | None = None
+    ) -> None:
         self.model = model
         self.runtime = runtime
+        # None: the label is the greedy answer (the paper's rule); else p(anomalous) >= threshold.
+        self.threshold = threshold
         self.version = f"{self.name}-{version}"
         self.embeddings: CountingLRU[torch.Tensor] = CountingLRU(runtime.embedding_cache_size, self.version)
         self.verdicts: CountingLRU[Verdict] = CountingLRU(runtime.verdict_cache_size, self.version)
@@ -102,8 +109,10 @@ class LogLLMDetector:
                     f"({result.unexpected_keys[:3]}...); it was trained on another architecture"
                 )
         model.eval()
-        log.info("loaded %s (%s) on %s", folder, manifest["version"], placement.describe())
-        return cls(model, runtime, manifest["version"])
+        threshold = decision_threshold(folder, manifest)
+        rule = "greedy answer" if threshold is None else f"p(anomalous) >= {threshold:g}"
+        log.info("loaded %s (%s) on %s; label rule: %s", folder, manifest["version"], placement.describe(), rule)
+        return cls(model, runtime, manifest["version"], threshold)
 
     def save(self, folder: Path, training: dict[str, Any] | None = None) -> str:
         """Write this detector as a folder; returns and adopts the new version hash."""
@@ -117,6 +126,8 @@ class LogLLMDetector:
             "preprocessing_version": PREPROCESSING_VERSION,
             "training": training or {},
         }
+        if self.threshold is not None:
+            manifest[DECISION] = {"rule": "score_threshold", "threshold": self.threshold}
         weights = {
             PROJECTOR_FILE: model.projector.state_dict(),
             DECODER_LORA_FILE: get_peft_model_state_dict(model.decoder),
@@ -174,11 +185,37 @@ class LogLLMDetector:
         verdicts = []
         for text, score in zip(texts, scores.tolist(), strict=True):
             label, failed = parse_answer(text)
+            if self.threshold is not None:
+                label = int(score >= self.threshold)
             verdicts.append(Verdict(label, float(score), self.version, text.strip(), failed))
         return verdicts
 
     def cache_stats(self) -> dict[str, dict[str, float]]:
         return {"embedding": self.embeddings.stats(), "verdict": self.verdicts.stats()}
+
+
+def decision_threshold(folder: Path, manifest: dict[str, Any]) -> float | None:
+    """The calibrated threshold of a folder's `decision` entry, or None for the greedy answer.
+
+    Raises:
+        UserError: the entry is not a score-threshold rule with a threshold in [0, 1].
+    """
+    decision = manifest.get(DECISION)
+    if decision is None:
+        return None
+    threshold = decision.get("threshold") if isinstance(decision, dict) else None
+    if (
+        not isinstance(decision, dict)
+        or decision.get("rule") != "score_threshold"
+        or isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not 0.0 <= threshold <= 1.0
+    ):
+        raise UserError(
+            f"{folder}: manifest entry {DECISION!r} = {decision!r} is not a score_threshold rule with a threshold "
+            "in [0, 1]; re-run `logllm calibrate` on the folder or re-copy it"
+        )
+    return float(threshold)
 
 
 def _check_compatible(folder: Path, manifest: dict[str, Any], model: LogLLM) -> None:

@@ -1,4 +1,5 @@
-"""`logllm train` and `logllm eval`: train LogLLM from a config; evaluate a detector folder."""
+"""`logllm train`, `logllm eval` and `logllm calibrate`: train LogLLM from a config; evaluate a detector
+folder; choose its label threshold on the training split."""
 
 from __future__ import annotations
 
@@ -50,11 +51,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ev.add_argument("--no-baseline", action="store_true", help="do not train/evaluate the baseline")
     ev.add_argument("--classifier", choices=("decision_tree", "logistic_regression"), default="decision_tree",
                     help="the baseline's classifier")
-    ev.add_argument("--batch-size", type=int, default=16, help="sequences per decoder batch")
-    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ev.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
-    ev.add_argument("--threads", type=int, help="torch CPU threads")
+    _add_runtime_arguments(ev)
     ev.set_defaults(handler=run_eval)
+
+    cal = subparsers.add_parser(
+        "calibrate",
+        help="choose a LogLLM folder's label threshold on the training split (best F1) and record it in the folder",
+        description=(
+            "Score the training split of --dataset (the data the detector was trained on; never its test split) "
+            "with the LogLLM folder --model, pick the cut p(anomalous) >= t with the best F1 there, and write it "
+            "into the folder's manifest: from then on the folder labels by that cut instead of the greedy answer, "
+            "under a new version. Run `logllm eval` afterwards to see both rules on the test split. [ours; the "
+            "paper labels by the greedy answer]"
+        ),
+    )
+    cal.add_argument("--model", required=True, type=Path, help="LogLLM detector folder (rewritten in place)")
+    cal.add_argument("--dataset", required=True, help="as for `logllm eval`: hdfs, bgl, or a TOML/JSON file with [data]")
+    _add_runtime_arguments(cal)
+    cal.set_defaults(handler=run_calibrate)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -98,8 +112,37 @@ def data_config_from(spec: str) -> Any:
     return config.data
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per decoder batch")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _runtime(args: argparse.Namespace) -> Any:
     from model.detector import RuntimeSettings
+
+    return RuntimeSettings(device=args.device, dtype=args.dtype, batch_size=args.batch_size, threads=args.threads)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from model.folder import read_manifest
+    from training.calibrate import calibrate
+
+    read_manifest(args.model)  # a wrong --model fails before the data is loaded
+    recorded = calibrate(args.model, data_config_from(args.dataset), _runtime(args))
+    chosen, before = recorded["train"], recorded["train_before"]
+    print(
+        f"logllm calibrate: {args.model}: label when p(anomalous) >= {recorded['threshold']:.6g}; on the "
+        f"{recorded['chosen_on']['train']} training sequences F1 {chosen['f1']:.4f} (TP {chosen['tp']} FP {chosen['fp']}) "
+        f"against {before['f1']:.4f} (TP {before['tp']} FP {before['fp']}) by the rule before; "
+        f"version {recorded['previous_version']} -> {recorded['version']}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
     from model.folder import read_manifest
     from training.config import TrainConfig
     from training.data import Split, build_split, load_dataset
@@ -114,8 +157,7 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         split = build_split(data, dataset, require_both_classes=not args.no_baseline)
         baseline = not args.no_baseline
-    runtime = RuntimeSettings(device=args.device, dtype=args.dtype, batch_size=args.batch_size, threads=args.threads)
-    config = TrainConfig(data=data, runtime=runtime, baseline=baseline, baseline_classifier=args.classifier)
+    config = TrainConfig(data=data, runtime=_runtime(args), baseline=baseline, baseline_classifier=args.classifier)
     name = args.dataset if args.dataset in BUILTIN_DATASETS else Path(args.dataset).stem
     out_dir = args.output or Path(f"eval-{args.model.resolve().name}-{name}")
     report = evaluate_run(

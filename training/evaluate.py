@@ -271,8 +271,10 @@ def write_report(
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *(_row(ev) for ev in evaluations),
         "",
-        "Anomalous is the positive class. LogLLM's decision is its greedy answer (no threshold); AP and the "
-        "oracle-threshold F1 come from sweeping the continuous score on this test set (an upper bound, not a result).",
+        "Anomalous is the positive class. LogLLM's decision is its label rule (context: label_rule): its greedy "
+        "answer, or p(anomalous) >= the threshold `logllm calibrate` chose on the training split (then the "
+        "`-answer` row gives the greedy answer). AP and the oracle-threshold F1 come from sweeping the continuous "
+        "score on this test set (an upper bound, not a result).",
         "",
         *(f"![{p}]({p})" for p in plots),
         "",

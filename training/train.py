@@ -37,7 +37,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -408,7 +408,7 @@ class _Trainer:
         session_started = time.perf_counter()
         started = session_started - position.stage_wall_s  # wall time of the stage includes earlier sessions
         done_micro = position.micro_steps
-        bar = _progress_bar(sum(per_epoch), done_micro, f"stage {stage.name}", self.progress)
+        bar = progress_bar(sum(per_epoch), done_micro, f"stage {stage.name}", self.progress)
         micro_losses: list[float] = []
         try:
             for epoch in range(position.epoch, stage.epochs):
@@ -482,10 +482,11 @@ class _Trainer:
         write_checkpoint(self.output, self.model, None, None, [], position, self.identity)
 
 
-def _progress_bar(total: int, initial: int, desc: str, enabled: bool) -> Any:
+def progress_bar(total: int, initial: int, desc: str, enabled: bool, unit: str = "mb") -> Any:
+    """A tqdm bar on stderr (hidden when not a terminal, or when not `enabled`); units: micro-batches."""
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="mb", file=sys.stderr, disable=None if enabled else True)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, disable=None if enabled else True)
 
 
 def prepare(config: TrainConfig, os_client: Any | None = None) -> Split:
@@ -577,12 +578,13 @@ def evaluate_run(
     """Score the test split with the detector folder (and the baseline, if configured) and
     write the report to `out_dir`."""
     from model.detector import load_detector
+    from model.logllm import parse_answer
     from training.evaluate import score_sequences, write_report
 
     evaluations: list[Evaluation] = []
     detector = load_detector(detector_dir, config.runtime)
     test = split.test
-    bar = _progress_bar(len(test), 0, "evaluating", progress)
+    bar = progress_bar(len(test), 0, "evaluating", progress, unit="seq")
     try:
         evaluations.append(
             score_sequences(detector, detector.name, [s.key for s in test], [s.messages for s in test],
@@ -590,7 +592,18 @@ def evaluate_run(
         )
     finally:
         bar.close()
-    context = {**context, "detector": detector.version, "cache": detector.cache_stats()}
+    threshold = getattr(detector, "threshold", None)
+    context = {
+        **context,
+        "detector": detector.version,
+        "label_rule": "greedy answer" if threshold is None else f"p(anomalous) >= {threshold:.6g} (logllm calibrate)",
+        "cache": detector.cache_stats(),
+    }
+    if threshold is not None:
+        # The same verdicts labelled by the greedy answer (the paper's rule), beside the calibrated rule.
+        scored = evaluations[0]
+        answers = [parse_answer(v.answer)[0] for v in detector.score([s.messages for s in test])]
+        evaluations.append(replace(scored, name=f"{detector.name}-answer", predictions=answers))
     if config.baseline:
         evaluations.append(run_baseline(split, config.baseline_classifier, config.data.seed))
         context["baseline"] = f"drain3 templates -> event counts -> {config.baseline_classifier}"

@@ -233,3 +233,38 @@ def test_configs_that_do_not_fit_the_model(tiny_hdfs: tuple[Path, Path], tmp_pat
     )
     with pytest.raises(UserError, match="does not fit the base models"):
         train(_config(tiny_hdfs, tmp_path / "b", stage, architecture=bad_targets), progress=False)
+
+
+def test_calibrate_records_a_threshold_that_becomes_the_folder_label_rule(tiny_hdfs: tuple[Path, Path], tmp_path: Path) -> None:
+    """`calibrate` scores the training split, records the best-F1 cut in the manifest (a new
+    version), and the folder then labels by it; `evaluate_run` shows the greedy answer beside it."""
+    from model.folder import rewrite_manifest
+    from model.logllm import parse_answer
+    from training.calibrate import calibrate, choose_threshold
+    from training.train import evaluate_run, prepare
+
+    config = _config(tiny_hdfs, tmp_path / "run", [StageConfig(name="1", trains=["decoder_lora"], lr=5e-4, samples=8)])
+    folder = train(config, progress=False).detector_dir
+    split = prepare(config)
+    before = load_detector(folder, FP32)
+    assert before.threshold is None  # type: ignore[attr-defined]
+    train_scores = [v.score for v in before.score([s.messages for s in split.train])]
+
+    recorded = calibrate(folder, config.data, FP32, progress=False)
+    expected = choose_threshold([s.label for s in split.train], train_scores).threshold
+    assert recorded["threshold"] == pytest.approx(expected)
+    assert recorded["previous_version"] == before.version != recorded["version"]
+    after = load_detector(folder, FP32)
+    assert after.version == recorded["version"] and after.threshold == pytest.approx(expected)  # type: ignore[attr-defined]
+    verdicts = after.score([s.messages for s in split.test])
+    assert [v.label for v in verdicts] == [int(v.score >= expected) for v in verdicts]
+
+    report = evaluate_run(folder, split, config, tmp_path / "eval", title="tiny", context={}, progress=False)
+    assert report["label_rule"].startswith("p(anomalous) >= ")
+    answers = [parse_answer(v.answer)[0] for v in verdicts]
+    assert report["results"]["logllm-answer"]["tp"] == sum(a and s.label for a, s in zip(answers, split.test, strict=True))
+
+    # The recorded rule is what labels: cuts at 0 and just above every score flag all and none.
+    for cut, label in ((0.0, 1), (min(1.0, max(v.score for v in verdicts) + 1e-6), 0)):
+        rewrite_manifest(folder, {"decision": {"rule": "score_threshold", "threshold": cut}})
+        assert {v.label for v in load_detector(folder, FP32).score([s.messages for s in split.test])} == {label}

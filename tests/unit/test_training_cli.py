@@ -1,4 +1,4 @@
-"""`logllm train` / `logllm eval` refuse bad input with a clear message (exit 2, no traceback),
+"""`logllm train` / `eval` / `calibrate` refuse bad input with a clear message (exit 2, no traceback),
 before any model is loaded."""
 
 from __future__ import annotations
@@ -71,6 +71,18 @@ def test_eval_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     (tmp_path / "m").mkdir()
     code, err = _run(["eval", "--model", str(tmp_path / "m"), "--dataset", "hdfs"], capsys)
     assert code == 2 and "no manifest.json" in err
+
+
+def test_calibrate_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from model.folder import write_detector_folder
+
+    code, err = _run(["calibrate", "--model", str(tmp_path / "none"), "--dataset", "hdfs"], capsys)
+    assert code == 2 and "does not exist" in err
+    write_detector_folder(tmp_path / "k", {"detector": "logllama"}, {"w.safetensors": {"t": torch.zeros(1)}})
+    code, err = _run(["calibrate", "--model", str(tmp_path / "k"), "--dataset", "hdfs"], capsys)
+    assert code == 2 and "LogLLM only" in err and "Traceback" not in err
 
 
 def test_eval_unknown_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
