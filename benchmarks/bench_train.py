@@ -165,6 +165,16 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
     return {k: result[k] for k in keys if k in result}
 
 
+def _with_answer(report: dict[str, Any]) -> dict[str, Any]:
+    """LogLLM's metrics under its folder's label rule, plus the greedy answer's when they differ
+    (a folder calibrated by `logllm calibrate`)."""
+    results = report["results"]
+    metrics = {**_metrics(results["logllm"]), "label_rule": report.get("label_rule", "greedy answer")}
+    if "logllm-answer" in results:
+        metrics["greedy_answer"] = _metrics(results["logllm-answer"])
+    return metrics
+
+
 def _stages(output: Path) -> dict[str, Any]:
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {
@@ -181,6 +191,7 @@ def _curve_point(fraction: float, report: dict[str, Any]) -> dict[str, Any]:
         "train_anomalous": report["split"]["train_anomalous"],
         "logllm_f1": report["results"]["logllm"]["f1"],
         "baseline_f1": report["results"]["baseline"]["f1"],
+        **({"logllm_answer_f1": report["results"]["logllm-answer"]["f1"]} if "logllm-answer" in report["results"] else {}),
     }
 
 
@@ -259,8 +270,9 @@ def main() -> None:
             "recipe": {"config": str(CONFIGS[args.dataset].relative_to(REPO)), "stages": recipe,
                        "micro_batch": full_cfg.optim.micro_batch, "accumulation": full_cfg.optim.accumulation,
                        "beta": full_cfg.sampler.beta, "cap_order": full_cfg.sampler.cap_order,
-                       "threads": full_cfg.runtime.threads, "dtype": full_cfg.runtime.dtype},
-            "logllm": _metrics(full["results"]["logllm"]),
+                       "threads": full_cfg.runtime.threads, "dtype": full_cfg.runtime.dtype,
+                       "calibrate": full_cfg.calibrate},
+            "logllm": _with_answer(full),
             "baseline": _metrics(full["results"]["baseline"]),
             "stages": _stages(full_cfg.output),
         }
@@ -290,7 +302,7 @@ def main() -> None:
             "test_anomalous": unseen["split"]["test_anomalous"],
             "logllm_f1": unseen["results"]["logllm"]["f1"],
             "baseline_f1": unseen["results"]["baseline"]["f1"],
-            "logllm": _metrics(unseen["results"]["logllm"]),
+            "logllm": _with_answer(unseen),
             "baseline": _metrics(unseen["results"]["baseline"]),
         }
     elif previous.get("unseen_templates", {}).get("logllm_f1") is not None and measured_with_this_recipe("unseen"):
@@ -330,9 +342,17 @@ def _markdown(dataset: str, p: dict[str, Any]) -> str:
         for name, s in p["stages"].items()
     )
     curve = "\n".join(
-        f"| {c['fraction']:g} | {c['train_sequences']} ({c['train_anomalous']} anomalous) | {c['logllm_f1']:.4f} | {c['baseline_f1']:.4f} |"
+        f"| {c['fraction']:g} | {c['train_sequences']} ({c['train_anomalous']} anomalous) | {c['logllm_f1']:.4f} | "
+        f"{format(c['logllm_answer_f1'], '.4f') if 'logllm_answer_f1' in c else '-'} | {c['baseline_f1']:.4f} |"
         for c in p["learning_curve"]
     )
+    def logllm_rows(m: dict[str, Any]) -> str:
+        rule = m.get("label_rule", "greedy answer")
+        rows = row(f"LogLLM-small (label: {rule})", m)
+        if "greedy_answer" in m:
+            rows += "\n" + row("LogLLM-small, greedy answer (the paper's rule)", m["greedy_answer"])
+        return rows
+
     u = p["unseen_templates"]
     held = ", ".join(f"`{h}`" for h in u["held_out"])
     if u["logllm_f1"] is not None:
@@ -340,7 +360,7 @@ def _markdown(dataset: str, p: dict[str, Any]) -> str:
 
 | detector (held-out-template test set) | precision | recall | F1 | TP | FP | FN | TN |
 |---|---|---|---|---|---|---|---|
-{row('LogLLM-small', u['logllm'])}
+{logllm_rows(u['logllm'])}
 {row('baseline: drain3 + decision tree', u['baseline'])}
 """
     else:
@@ -365,7 +385,7 @@ Detector `{p['model']['detector_version']}` ({p['model']['encoder']} + {p['model
 
 | detector (test split) | precision | recall | F1 | TP | FP | FN | TN |
 |---|---|---|---|---|---|---|---|
-{row('LogLLM-small', p['logllm'])}
+{logllm_rows(p['logllm'])}
 {row('baseline: drain3 + decision tree', p['baseline'])}
 
 LogLLM scoring of the test split: {p['logllm'].get('sequences_per_s')} sequences/s (verdict + embedding caches; AP {p['logllm'].get('average_precision')}).
@@ -378,8 +398,8 @@ Training stages (full run):
 
 Learning curve (same test split; {'fixed-seed random subset' if dataset == 'hdfs' else 'chronological prefix'} of the training sequences):
 
-| fraction | training sequences | LogLLM F1 | baseline F1 |
-|---|---|---|---|
+| fraction | training sequences | LogLLM F1 | LogLLM F1, greedy answer (calibrated runs) | baseline F1 |
+|---|---|---|---|---|
 {curve}
 
 {unseen}

@@ -230,7 +230,8 @@ class ScoringSettings(_Section):
         ge=0,
         le=1,
         description="label a group anomalous when its score is at least this, instead of by the detector's own "
-        "rule (LogLLM: its answer; LogLLaMA: the Top-K rule); pick it with `logllm eval` on labelled logs "
+        "rule (LogLLM: its answer, or the threshold `logllm calibrate` recorded in its folder, as in the shipped one; "
+        "LogLLaMA: the Top-K rule); pick it with `logllm eval` on labelled logs "
         "(oracle_threshold in its report). It becomes part of model_version, so labels written under another threshold stay "
         "distinguishable; unset = the detector's rule",
     )

@@ -28,7 +28,8 @@ CUDA_BATCH_OVERHEAD = 4096
 class Verdict:
     """A detector's decision on one sequence.
 
-    label: 1 anomalous, 0 normal (LogLLM: the parsed greedy answer, as in the paper).
+    label: 1 anomalous, 0 normal (LogLLM: the parsed greedy answer, as in the paper, or p(anomalous) >=
+        the threshold of a calibrated folder).
     score: continuous anomaly score in [0, 1] for ranking and thresholds (LogLLM:
         p(anomalous) vs p(normal) at the answer word).
     model_version: detector name and version hash, e.g. "logllm-3f2a9c81d0e4".

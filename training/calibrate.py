@@ -62,12 +62,8 @@ def calibrate(model_dir: Path, data: Any, runtime: Any, progress: bool = True) -
     Raises:
         UserError: the folder is not a LogLLM detector, or the data is unusable (see `build_split`).
     """
-    from model.detector import load_detector
-    from model.folder import read_manifest, rewrite_manifest
-    from model.logllm_detector import DECISION
+    from model.folder import read_manifest
     from training.data import build_split, load_dataset
-    from training.evaluate import binary_metrics
-    from training.train import progress_bar
 
     manifest = read_manifest(model_dir)
     if manifest.get("detector") != "logllm":
@@ -75,10 +71,20 @@ def calibrate(model_dir: Path, data: Any, runtime: Any, progress: bool = True) -
             f"{model_dir} holds a {manifest.get('detector')!r} detector; calibrate applies to LogLLM only "
             "(LogLLaMA learns from normal logs alone: set scoring.label_threshold from `logllm eval` instead)"
         )
-    split = build_split(data, load_dataset(data))
-    detector = load_detector(model_dir, runtime)
+    return calibrate_on_split(model_dir, build_split(data, load_dataset(data)), data.describe(), runtime, progress)
+
+
+def calibrate_on_split(model_dir: Path, split: Any, data_name: str, runtime: Any, progress: bool = True) -> dict[str, Any]:
+    """`calibrate` on an already loaded `split` of the data named `data_name`."""
+    from model.detector import load_detector
+    from model.folder import rewrite_manifest
+    from model.logllm_detector import DECISION
+    from training.evaluate import binary_metrics
+    from training.train import progress_bar
+
+    detector = load_detector(model_dir, runtime, expect="logllm")
     train = split.train
-    bar = progress_bar(len(train), 0, "scoring the training split", progress)
+    bar = progress_bar(len(train), 0, "scoring the training split", progress, unit="seq")
     try:
         verdicts = detector.score([s.messages for s in train], progress=bar.update)
     finally:
@@ -90,7 +96,7 @@ def calibrate(model_dir: Path, data: Any, runtime: Any, progress: bool = True) -
     decision = {
         "rule": "score_threshold",
         "threshold": choice.threshold,
-        "chosen_on": {"data": data.describe(), **split.summary(), "scored": "the training split"},
+        "chosen_on": {"data": data_name, **split.summary(), "scored": "the training split"},
         "train": {key: round(value, 6) if isinstance(value, float) else value for key, value in asdict(choice).items()},
         "train_before": {"version": detector.version, **before.as_dict()},
     }

@@ -220,6 +220,11 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(
         25, ge=0, description="also checkpoint every N optimiser steps inside a stage (0: only at stage ends)"
     )
+    calibrate: bool = Field(
+        False,
+        description="after training, choose the label threshold on the training split and record it in the detector "
+        "folder (`logllm calibrate`; [ours]: the paper labels by the greedy answer)",
+    )
     evaluate: bool = Field(True, description="after training, evaluate on the test split and write the report")
     baseline: bool = Field(True, description="also train and evaluate the drain3 + event-count baseline on the same split")
     baseline_classifier: Literal["decision_tree", "logistic_regression"] = Field(
@@ -234,8 +239,8 @@ class TrainConfig(BaseModel):
         return self
 
     def digest(self) -> str:
-        """Hash of everything that changes the training trajectory (not output/evaluation)."""
-        body = self.model_dump(mode="json", exclude={"output", "evaluate", "baseline", "baseline_classifier"})
+        """Hash of everything that changes the training trajectory (not output, calibration or evaluation)."""
+        body = self.model_dump(mode="json", exclude={"output", "calibrate", "evaluate", "baseline", "baseline_classifier"})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -544,8 +544,14 @@ def train(
     version = detector.save(detector_dir, training=training_record)
     log.info("trained detector %s written to %s", version, detector_dir)
     run = TrainedRun(detector_dir, stage_stats, split)
+    del trainer, detector
+    if config.calibrate:
+        from training.calibrate import calibrate_on_split
+
+        recorded = calibrate_on_split(detector_dir, split, config.data.describe(), config.runtime, progress)
+        log.info("calibrated: label when p(anomalous) >= %.6g (training F1 %.4f); detector %s",
+                 recorded["threshold"], recorded["train"]["f1"], recorded["version"])
     if config.evaluate:
-        del trainer, detector
         run.report = evaluate_run(
             detector_dir,
             split,

@@ -268,3 +268,19 @@ def test_calibrate_records_a_threshold_that_becomes_the_folder_label_rule(tiny_h
     for cut, label in ((0.0, 1), (min(1.0, max(v.score for v in verdicts) + 1e-6), 0)):
         rewrite_manifest(folder, {"decision": {"rule": "score_threshold", "threshold": cut}})
         assert {v.label for v in load_detector(folder, FP32).score([s.messages for s in split.test])} == {label}
+
+
+def test_a_config_with_calibrate_ends_with_a_calibrated_folder_and_both_rules_reported(
+    tiny_hdfs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from model.folder import read_manifest
+
+    stage = StageConfig(name="1", trains=["decoder_lora"], lr=5e-4, samples=8)
+    plain = _config(tiny_hdfs, tmp_path / "run", [stage], evaluate=True)
+    config = plain.model_copy(update={"calibrate": True})
+    assert config.digest() == plain.digest()  # calibration does not change what trains
+    run = train(config, progress=False)
+    decision = read_manifest(run.detector_dir)["decision"]
+    assert decision["rule"] == "score_threshold" and decision["chosen_on"]["scored"] == "the training split"
+    assert run.report is not None and set(run.report["results"]) == {"logllm", "logllm-answer"}
+    assert run.report["detector"] == load_detector(run.detector_dir, FP32).version
