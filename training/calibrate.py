@@ -57,7 +57,8 @@ def choose_threshold(labels: Sequence[int], scores: Sequence[float]) -> Threshol
 
 def calibrate(model_dir: Path, data: Any, runtime: Any, progress: bool = True) -> dict[str, Any]:
     """Score the training split of `data` with the LogLLM folder `model_dir`, choose its
-    threshold and write it into the folder's manifest; returns what was recorded.
+    threshold and write it into the folder's manifest; returns what was recorded. The folder is
+    checked before the data is loaded, so a wrong folder fails at once.
 
     Raises:
         UserError: the folder is not a LogLLM detector, or the data is unusable (see `build_split`).

@@ -126,10 +126,8 @@ def _runtime(args: argparse.Namespace) -> Any:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from model.folder import read_manifest
     from training.calibrate import calibrate
 
-    read_manifest(args.model)  # a wrong --model fails before the data is loaded
     recorded = calibrate(args.model, data_config_from(args.dataset), _runtime(args))
     chosen, before = recorded["train"], recorded["train_before"]
     print(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from model.detector import Detector
+    from model.detector import Detector, Verdict
 
 
 @dataclass(frozen=True)
@@ -148,10 +148,22 @@ def score_sequences(
     progress: Callable[[int], None] | None = None,
 ) -> Evaluation:
     """Score `sequences` with any `Detector` and collect an `Evaluation` (no I/O)."""
+    return score_with_verdicts(detector, name, keys, sequences, labels, progress)[0]
+
+
+def score_with_verdicts(
+    detector: Detector,
+    name: str,
+    keys: Sequence[str],
+    sequences: Sequence[Sequence[str]],
+    labels: Sequence[int],
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Evaluation, list[Verdict]]:
+    """`score_sequences`, also returning the verdicts (for what else a caller reads off them)."""
     started = time.perf_counter()
     verdicts = detector.score(sequences, progress=progress)
     elapsed = time.perf_counter() - started
-    return Evaluation(
+    evaluation = Evaluation(
         name=name,
         keys=list(keys),
         labels=list(labels),
@@ -161,6 +173,7 @@ def score_sequences(
         parse_failures=sum(v.parse_failed for v in verdicts),
         version=detector.version,
     )
+    return evaluation, verdicts
 
 
 # --------------------------------------------------------------------------------------------

@@ -585,17 +585,16 @@ def evaluate_run(
     write the report to `out_dir`."""
     from model.detector import load_detector
     from model.logllm import parse_answer
-    from training.evaluate import score_sequences, write_report
+    from training.evaluate import score_with_verdicts, write_report
 
     evaluations: list[Evaluation] = []
     detector = load_detector(detector_dir, config.runtime)
     test = split.test
     bar = progress_bar(len(test), 0, "evaluating", progress, unit="seq")
     try:
-        evaluations.append(
-            score_sequences(detector, detector.name, [s.key for s in test], [s.messages for s in test],
-                            [s.label for s in test], progress=bar.update)
-        )
+        scored, verdicts = score_with_verdicts(detector, detector.name, [s.key for s in test], [s.messages for s in test],
+                                               [s.label for s in test], progress=bar.update)
+        evaluations.append(scored)
     finally:
         bar.close()
     threshold = getattr(detector, "threshold", None)
@@ -607,8 +606,7 @@ def evaluate_run(
     }
     if threshold is not None:
         # The same verdicts labelled by the greedy answer (the paper's rule), beside the calibrated rule.
-        scored = evaluations[0]
-        answers = [parse_answer(v.answer)[0] for v in detector.score([s.messages for s in test])]
+        answers = [parse_answer(v.answer)[0] for v in verdicts]
         evaluations.append(replace(scored, name=f"{detector.name}-answer", predictions=answers))
     if config.baseline:
         evaluations.append(run_baseline(split, config.baseline_classifier, config.data.seed))
