@@ -11,6 +11,11 @@ minimum is the best estimate of each one's own cost. Before each timed run the n
 the ingest left it (refresh, merges: `settle_node`), so neither side is billed for indexing the
 benchmark's own input. overhead_ratio = worker_s / pure_scoring_s.
 
+Last, the same pass with a detector that answers at once (`AnswersAtOnce`) measures what the
+pass costs besides the detector: CPU seconds in this process and in the node. On a machine
+where torch's threads already take every core, that CPU can only slow the detector down, which
+puts a floor under the overhead ratio that no scheduling removes.
+
     python benchmarks/bench_worker.py [--model DIR] [--lines 3000] [--batch-groups N] [--repeat 4] [--threads default,1]
 
 Without --model it runs the shipped detector, as the worker does by default.
@@ -27,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ingest_hdfs_lines, peak_rss_mb, settle_node, write_result  # noqa: E402
+from benchmarks.common import ingest_hdfs_lines, node_cpu_s, peak_rss_mb, settle_node, write_result  # noqa: E402
 from enricher.localnode import ensure_running  # noqa: E402
 from model.folder import SHIPPED_MODEL_DIR  # noqa: E402
 
@@ -83,14 +88,46 @@ def run_worker(settings: Any, detector: Any) -> tuple[Any, float, float, float]:
     return summary, elapsed, inside[0], cpu
 
 
+class AnswersAtOnce:
+    """A detector that labels every group normal without computing anything: a worker pass with
+    it costs everything but the detector (reading, grouping, writing, checkpoints), on both sides
+    of the HTTP connection."""
+
+    name = "answers-at-once"
+    version = "answers-at-once-0"
+
+    def score(self, sequences: Any, progress: Any = None) -> list[Any]:
+        from model.detector import Verdict
+
+        return [Verdict(0, 0.0, self.version) for _ in sequences]
+
+    def cache_stats(self) -> dict[str, dict[str, float]]:
+        return {}
+
+
+def measure_pipeline(client: Any, settings: Any, lines: int, repeat: int) -> dict[str, Any]:
+    """The worker pass without a detector (`AnswersAtOnce`), `repeat` times; the fastest."""
+    runs = []
+    for _ in range(repeat):
+        docs = ingest(client, settings.source.index, lines)
+        settle_node(client, settings.source.index)
+        node_before = node_cpu_s(client)
+        summary, elapsed, _, cpu = run_worker(settings, AnswersAtOnce())
+        assert summary.docs_labelled == docs, summary
+        runs.append((elapsed, cpu, node_cpu_s(client) - node_before))
+    elapsed, cpu, node_s = min(runs)
+    return {
+        "worker_s": round(elapsed, 2),
+        "worker_s_runs": [round(run[0], 2) for run in runs],
+        "process_cpu_s": round(cpu, 2),
+        "node_cpu_s": round(node_s, 2),
+        "docs_per_s": round(docs / elapsed, 1),
+    }
+
+
 def warm(detector: Any) -> None:
     """Initialise torch's kernels and thread pools outside the timings."""
     detector.score([["warm-up message for the benchmark"]])
-
-
-def node_cpu_s(client: Any) -> float:
-    stats = client.nodes.stats(metric="process")["nodes"]
-    return sum(node["process"]["cpu"]["total_in_millis"] for node in stats.values()) / 1000
 
 
 def measure(client: Any, settings: Any, folder: Path, threads: int, lines: int, repeat: int) -> dict[str, Any]:
@@ -150,6 +187,24 @@ def measure(client: Any, settings: Any, folder: Path, threads: int, lines: int, 
     }
 
 
+def pipeline_text(pipeline: dict[str, Any], headline: dict[str, Any]) -> str:
+    """What the pass costs without the detector, and the least overhead that cost allows."""
+    cores = os.cpu_count() or 1
+    cpu = pipeline["process_cpu_s"] + pipeline["node_cpu_s"]
+    text = (
+        f"Without the detector (one that answers at once; fastest of {len(pipeline['worker_s_runs'])}), the same "
+        f"pass takes {pipeline['worker_s']} s ({pipeline['docs_per_s']} docs/s): {pipeline['process_cpu_s']} CPU s in "
+        f"this process and {pipeline['node_cpu_s']} in the node (read from /proc), {cpu:.2f} CPU s in all."
+    )
+    if headline["torch_threads"] >= cores:
+        floor = 1 + cpu / (cores * headline["pure_scoring_s"])
+        text += (
+            f" With torch's {headline['torch_threads']} threads on all {cores} cores, that work has no idle core to "
+            f"run on: even packed perfectly beside the detector it makes the ratio at least {floor:.3f}."
+        )
+    return text + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL_DIR, help="detector folder (default: the shipped one)")
@@ -192,6 +247,7 @@ def main() -> None:
         state={"index": f"{PREFIX}state", "worker_name": "bench"},
     )
     runs = [measure(client, settings, folder, threads, args.lines, args.repeat) for threads in thread_choices]
+    pipeline = measure_pipeline(client, settings, args.lines, args.repeat)
     client.indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
 
     headline = runs[0]
@@ -203,6 +259,7 @@ def main() -> None:
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "priority": priority,
         "by_torch_threads": {str(run["torch_threads"]): run for run in runs},
+        "pipeline_only": pipeline,
     }
     rows = "".join(
         f"| {run['torch_threads']} | {run['worker_s']} ({run['docs_per_s']}/s) | {run['pure_scoring_s']} "
@@ -224,7 +281,8 @@ def main() -> None:
         f"every run starts with cold caches; process priority: {priority}; before each timed run the node was merged "
         "and left to go quiet (`settle_node`), so neither side pays for indexing the benchmark's input. The CPU ratio "
         "counts this process only (all its threads); the node's CPU during the pass is the column beside it. A wide "
-        "spread between rounds means other work shared the CPU."
+        "spread between rounds means other work shared the CPU.\n\n"
+        + pipeline_text(pipeline, headline)
     )
     path = write_result("worker", payload, markdown)
     print(path.read_text())

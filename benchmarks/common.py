@@ -7,6 +7,7 @@ figures in both are the ones the script measured.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -106,6 +107,30 @@ def ingest_hdfs_lines(client: Any, index: str, lines: int, *, shards: int = 1) -
     return len(actions)
 
 
+@functools.cache
+def _local_node_stat() -> Path | None:
+    """/proc/<pid>/stat of the local node (enricher.localnode), if it runs on this machine."""
+    from enricher.localnode import LocalNode
+
+    pid = LocalNode().status().pid
+    return Path(f"/proc/{pid}/stat") if pid is not None else None
+
+
+def node_cpu_s(client: Any) -> float:
+    """CPU seconds the OpenSearch node has used so far (user + system).
+
+    For the local node, read from /proc, exact to the clock tick. Otherwise from the nodes stats
+    API, whose process figures the node refreshes only about once a second: an interval of a few
+    seconds read that way can be off by most of a second of CPU.
+    """
+    stat = _local_node_stat()
+    if stat is not None and stat.exists():
+        fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    stats = client.nodes.stats(metric="process")["nodes"]
+    return sum(node["process"]["cpu"]["total_in_millis"] for node in stats.values()) / 1000
+
+
 def settle_node(client: Any, index: str, *, idle_share: float = 0.05, timeout_s: float = 120.0) -> float:
     """Merge `index` to one segment, then wait until the node's CPU use over one second falls
     below `idle_share` of a core. Returns the seconds waited.
@@ -118,15 +143,10 @@ def settle_node(client: Any, index: str, *, idle_share: float = 0.05, timeout_s:
 
     started = time.monotonic()
     client.indices.forcemerge(index=index, max_num_segments=1)
-
-    def node_cpu_ms() -> int:
-        stats = client.nodes.stats(metric="process")["nodes"]
-        return sum(node["process"]["cpu"]["total_in_millis"] for node in stats.values())
-
     while time.monotonic() - started < timeout_s:
-        before = node_cpu_ms()
+        before = node_cpu_s(client)
         time.sleep(1.0)
-        if node_cpu_ms() - before < idle_share * 1000:
+        if node_cpu_s(client) - before < idle_share:
             break
     return time.monotonic() - started
 
