@@ -56,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # peft imports bitsandbytes when it is installed (the `cuda` extra), which on an AVX-512-bf16
+    # CPU warns at import that its CPU 4-bit kernel needs `pip install kernels`. This project never
+    # runs 4-bit on a CPU (nf4 is CUDA-only) and must not install `kernels` (METHOD.md §2), so the
+    # advice would only mislead.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:
