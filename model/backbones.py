@@ -156,7 +156,7 @@ class Placement:
 
 def _cpu_bf16_is_faster() -> bool:
     """Time a decoder-sized matmul in fp32 and bf16; bf16 only wins on CPUs with native bf16
-    (AVX-512-bf16/AMX). On AVX2-only CPUs it was ~6x slower, so this is measured, not assumed.
+    (AVX-512-bf16/AMX). On AVX2-only CPUs it was 6-36x slower, so this is measured, not assumed.
 
     The two alternate for a few rounds and each keeps its fastest: the first fp32 matmul of a
     process also starts the math library (measured: 44 ms against 1 ms for the next three),
