@@ -248,7 +248,7 @@ def main() -> None:
     )
     # The detector-free passes go first: they also warm the node's JVM (its JIT compiles the bulk
     # and search paths during the first passes; on a node started minutes before, the first four
-    # worker rounds took 34.7, 26.5, 24.2 and 19.3 s while the detector alone stayed at 14-16.6 s),
+    # worker rounds took 34.7, 26.5, 24.2 and 19.3 s while the detector alone stayed at 13.8-16.6 s),
     # so the timed rounds meet a node that has been running, as a deployed one has.
     pipeline = measure_pipeline(client, settings, args.lines, args.repeat)
     runs = [measure(client, settings, folder, threads, args.lines, args.repeat) for threads in thread_choices]

@@ -26,7 +26,7 @@ RESULTS_MD = BENCH_DIR / "RESULTS.md"
 
 # Widest first: the first one a CPU has is the best its matrix kernels can use. Machines of one
 # model name ("AMD EPYC") differed here by this alone: bf16 matmuls ran ~2x faster than fp32 on
-# one (avx512_bf16) and ~30x slower on the other (avx2), so results must say which it was.
+# one (avx512_bf16) and 36x slower on the other (avx2), so results must say which it was.
 VECTOR_ISAS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2", "avx")
 
 
