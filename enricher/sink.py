@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import RequestError, TransportError
 
@@ -229,8 +230,19 @@ class Action:
     dead: DeadLetter | None = None  # for dead_letter/mark actions
 
 
+def _json(value: dict[str, Any]) -> str:
+    """Compact JSON. orjson: a worker pass encodes two documents per log line, which with the
+    standard library was ~0.2 CPU s per 20,000 lines beside the detector. It refuses integers
+    beyond 64 bits and lone surrogates (both can come from a source document); the standard
+    library writes those."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"))
+
+
 def _lines(meta: dict[str, Any], body: dict[str, Any]) -> str:
-    return json.dumps(meta, separators=(",", ":")) + "\n" + json.dumps(body, separators=(",", ":")) + "\n"
+    return _json(meta) + "\n" + _json(body) + "\n"
 
 
 def build_actions(

@@ -69,6 +69,27 @@ def test_explanations_become_top_lines() -> None:
     assert [(t["id"], t["message"]) for t in result["top_lines"]] == [("d3", "message 3"), ("d1", "message 1")]
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "naïve \u2028 line separator, tab\t and newline\n inside",  # raw UTF-8 from orjson
+        "lone surrogate \ud800 from a broken escape",  # orjson refuses it: the standard library writes it
+    ],
+)
+def test_every_action_is_two_json_lines_whatever_the_message(message: str) -> None:
+    entries = (Entry(DocRef("logs-1", "d1"), (1, "logs-1", "d1"), None, 1000, message, ("k",), False),)
+    group = Group("g1", "session", "blk_1", entries, (True,), "gap")
+    scored = ScoredGroup(group, Verdict(1, 0.75, "logllm-abc", "anomalous", False, (0,)), "t1")
+    actions = build_actions(
+        [scored], [], results_index="res", dead_letter_index="dlq", checkpoint_id="c", source="s", recorded_at="r"
+    )
+    for action in actions:
+        # _bulk frames actions by "\n" bytes only, so no other character may end a line.
+        assert action.lines.endswith("\n") and action.lines.count("\n") == 2
+    _, result = (json.loads(line) for line in actions[-1].lines.split("\n")[:2])
+    assert result["top_lines"][0]["message"] == message
+
+
 def test_dead_letters_get_a_document_and_a_mark_except_rejected_labels() -> None:
     missing = DeadLetter(DocRef("logs-1", "x"), "missing_message", "field 'message' is missing", 5000, None)
     rejected = DeadLetter(DocRef("logs-1", "y"), "label_rejected", "mapper_parsing_exception: ...", None, None)
