@@ -218,7 +218,9 @@ def placement(name: str) -> Iterator[set[int]]:
         return
     node_pid = LocalNode().status().pid
     if node_pid is None:
-        raise SystemExit("--placements apart pins the local node (python -m enricher.localnode start), which is not running here")
+        raise SystemExit(
+            "--placements apart pins the local node (python -m enricher.localnode start), which is not running here"
+        )
     if len(cores) < 2:
         raise SystemExit(f"--placements apart needs two cores to split; this process may use {sorted(cores)}")
     node_core = {min(cores)}
@@ -231,7 +233,7 @@ def placement(name: str) -> Iterator[set[int]]:
         _pin(node_pid, cores)
 
 
-def pipeline_text(name: str, cores: set[int], pipeline: dict[str, Any], first: dict[str, Any]) -> str:
+def pipeline_text(name: str, cores: list[int], pipeline: dict[str, Any], first: dict[str, Any]) -> str:
     """What the pass costs without the detector, and the least overhead that cost allows when
     torch's threads already fill the cores the detector runs on."""
     total = pipeline["process_cpu_s"] + pipeline["node_cpu_s"]
@@ -266,8 +268,7 @@ def run_placement(
         pipeline = measure_pipeline(client, settings, args.lines, args.repeat)
         threads = list(dict.fromkeys(min(t, len(cores)) for t in thread_choices))
         runs = [{"placement": name, **measure(client, settings, folder, t, args.lines, args.repeat)} for t in threads]
-    return {"cores": sorted(cores), "by_torch_threads": {str(run["torch_threads"]): run for run in runs},
-            "pipeline_only": pipeline, "text": pipeline_text(name, cores, pipeline, runs[0])}
+    return {"cores": sorted(cores), "by_torch_threads": {str(run["torch_threads"]): run for run in runs}, "pipeline_only": pipeline}
 
 
 def main() -> None:
@@ -334,7 +335,7 @@ def main() -> None:
         "priority": priority,
         "by_torch_threads": first["by_torch_threads"],
         "pipeline_only": first["pipeline_only"],
-        "by_placement": {name: {k: v for k, v in part.items() if k != "text"} for name, part in placed.items()},
+        "by_placement": placed,
     }
     runs = [run for part in placed.values() for run in part["by_torch_threads"].values()]
     rows = "".join(
@@ -361,7 +362,10 @@ def main() -> None:
         "and left to go quiet (`settle_node`), so neither side pays for indexing the benchmark's input. The CPU ratio "
         "counts this process only (all its threads); the node's CPU during the pass is the column beside it. A wide "
         "spread between rounds means other work shared the CPU.\n\n"
-        + "\n".join(part["text"] for part in placed.values())
+        + "\n".join(
+            pipeline_text(name, part["cores"], part["pipeline_only"], next(iter(part["by_torch_threads"].values())))
+            for name, part in placed.items()
+        )
     )
     path = write_result("worker", payload, markdown)
     print(path.read_text())
