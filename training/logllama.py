@@ -394,10 +394,15 @@ def reward_mask(batch_targets: torch.Tensor, checked: torch.Tensor, unk: int, pr
     return valid & checked & (positions >= torch.floor(prompt_fraction * m))
 
 
+def outside_topk_batch(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, L] bool: `outside_topk` for a batch (padding targets come out arbitrary: mask them)."""
+    flat = outside_topk(logits.reshape(-1, logits.shape[-1]), targets.clamp(min=0).reshape(-1), k)
+    return flat.reshape(targets.shape)
+
+
 def topk_rewards(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
     """[B, L] float: +1 where the observed key is within the Top-K, −1 where outside."""
-    flat = outside_topk(logits.reshape(-1, logits.shape[-1]), targets.clamp(min=0).reshape(-1), k)
-    return 1.0 - 2.0 * flat.reshape(targets.shape).float()
+    return 1.0 - 2.0 * outside_topk_batch(logits, targets, k).float()
 
 
 def reinforce_loss(
@@ -496,8 +501,7 @@ class LogLLaMATrainer:
             valid = (targets != IGNORE).float()
             totals["nll"] += float((nll * valid).sum(-1) @ w)
             totals["targets"] += float(valid.sum(-1) @ w)
-            outside = outside_topk(logits.reshape(-1, logits.shape[-1]), batch.targets.clamp(min=0).reshape(-1), self.detector.k)
-            outside = outside.reshape(batch.targets.shape) & batch.checked
+            outside = outside_topk_batch(logits, batch.targets, self.detector.k) & batch.checked
             totals["hits"] += float((batch.checked & ~outside).float().sum(-1) @ w)
             totals["checked"] += float(batch.checked.float().sum(-1) @ w)
             totals["flagged"] += float(outside.any(-1).float() @ w)
