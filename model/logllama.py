@@ -359,8 +359,7 @@ class LogLLaMA(nn.Module):
 
         inputs = batch.inputs.clone()
         length = inputs.shape[1]
-        positions = torch.arange(length, device=inputs.device)
-        replace = (positions.unsqueeze(0) > prompt.unsqueeze(1)) & batch.mask.bool()  # [B, L]
+        replace = sampled_inputs(batch.mask, prompt)
         embed_dtype = self.decoder.get_input_embeddings().weight.dtype
         cache = DynamicCache()
         trunk = self._trunk()
@@ -378,6 +377,13 @@ class LogLLaMA(nn.Module):
             sampled = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
             inputs[:, t + 1] = torch.where(replace[:, t + 1], sampled, inputs[:, t + 1])
         return KeyBatch(inputs, batch.targets, batch.mask, batch.checked, batch.weights)
+
+
+def sampled_inputs(mask: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """[B, L] bool: the inputs `LogLLaMA.sample_contexts` replaces — past each row's `prompt`
+    [B] (input 0 is the start row) and not padding."""
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    return (positions.unsqueeze(0) > prompt.unsqueeze(1)) & mask.bool()
 
 
 def _keys_digest(keys: tuple[int, ...]) -> bytes:

@@ -16,7 +16,7 @@ import torch
 
 from enricher.cli import main
 from model.detector import load_detector, with_label_threshold
-from model.errors import ManifestMismatchError
+from model.errors import ManifestMismatchError, UserError
 from model.folder import MANIFEST_FILE
 from model.logkeys import LogKeyMap
 from model.logllama import KEYMAP_FILE, KeyBatch, LogLLaMAArchitecture, LogLLaMADetector, outside_topk
@@ -27,6 +27,7 @@ from training.logllama import (
     LogLLaMATrainer,
     parse_logllama_config,
     reinforce_loss,
+    returns_after,
     reward_mask,
     weighted_rows,
 )
@@ -202,6 +203,20 @@ def test_training_lowers_the_next_key_loss_and_rl_raises_the_reward(
         detector.model.load_trainable_state(state)
 
 
+def test_ppo_acts_on_generated_contexts() -> None:
+    """PPO's actions are the keys the model samples, so it defaults to generated contexts and
+    refuses teacher forcing (where a baseline would push normal observed keys down)."""
+    assert _config(algorithm="ppo").rl.context == "generated"  # type: ignore[attr-defined]
+    with pytest.raises(UserError, match='rl.context = "generated"'):
+        _config(algorithm="ppo", context="observed")
+
+
+def test_an_action_earns_the_rewards_of_the_predictions_after_it() -> None:
+    rewards = torch.tensor([[1.0, -1.0, 1.0, 1.0], [0.0, 1.0, 0.0, -1.0]])
+    assert torch.equal(returns_after(rewards, 1.0), torch.tensor([[1.0, 2.0, 1.0, 0.0], [0.0, -1.0, -1.0, 0.0]]))
+    assert torch.allclose(returns_after(rewards, 0.5)[0], torch.tensor([-1.0 + 0.5 + 0.25, 1.5, 1.0, 0.0]))
+
+
 def test_ppo_step_with_value_head_is_finite_and_moves_the_policy(detector: LogLLaMADetector, keyed: KeyedData) -> None:
     state = detector.model.trainable_state()
     try:
@@ -216,7 +231,7 @@ def test_ppo_step_with_value_head_is_finite_and_moves_the_policy(detector: LogLL
                 {"params": list(value_head.parameters()), "lr": 1e-3},
             ]
         )
-        batch = model.make_batch(keyed.train[:4])
+        batch = trainer.generated(model.make_batch(keyed.train[:4]), torch.Generator().manual_seed(3))
         stats = trainer.ppo_step(batch, optimizer, value_head, model.trainable_state())
         assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
         assert stats["kl"] >= 0
