@@ -340,6 +340,11 @@ class LogLLaMA(nn.Module):
             return (nll * valid).sum() / valid.sum().clamp(min=1e-9)
         return (nll * valid).sum() / max(len(batch.weights) * mean_targets, 1e-9)
 
+    def sampling_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """`key_logits` as `sample_contexts` draws from them: never the end, so a generated
+        context is as long as its sequence (as in LogGPT)."""
+        return logits.index_fill(-1, torch.tensor([self.eos], device=logits.device), float("-inf"))
+
     @torch.no_grad()
     def sample_contexts(self, batch: KeyBatch, prompt: torch.Tensor, generator: torch.Generator | None = None) -> KeyBatch:
         """`batch` with the inputs after each row's prompt replaced by keys the model samples
@@ -372,8 +377,7 @@ class LogLLaMA(nn.Module):
             )
             if not replace[:, t + 1].any():
                 continue
-            logits = self.key_logits(out.last_hidden_state.float())[:, -1]  # [B, C]
-            logits[:, self.eos] = float("-inf")
+            logits = self.sampling_logits(self.key_logits(out.last_hidden_state.float())[:, -1])  # [B, C]
             sampled = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
             inputs[:, t + 1] = torch.where(replace[:, t + 1], sampled, inputs[:, t + 1])
         return KeyBatch(inputs, batch.targets, batch.mask, batch.checked, batch.weights)

@@ -756,17 +756,15 @@ class LogLLaMATrainer:
         rewarded = reward_mask(batch.targets, batch.checked, model.unk, cfg.prompt_fraction)
         acted = torch.zeros_like(rewarded)
         acted[:, :-1] = sampled_inputs(batch.mask, self.prompt_lengths(batch))[:, 1:]
-        actions = torch.zeros_like(batch.inputs)
-        actions[:, :-1] = batch.inputs[:, 1:]
-        actions = actions.masked_fill(~acted, 0)
+        actions = torch.where(acted, batch.inputs.roll(-1, dims=1), 0)  # the last column is never acted
         with torch.no_grad():
             current = model.trainable_state()
             model.load_trainable_state(reference)
-            ref_logp, _ = self._sampling_log_probs(model(batch))
+            ref_logp, _ = _candidate_log_probs(model.sampling_logits(model(batch)))
             model.load_trainable_state(current)
             hidden = model.hidden(batch)
             old_logits = model.key_logits(hidden)
-            old_logp = self._sampling_log_probs(old_logits)[0].gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+            old_logp = _candidate_log_probs(model.sampling_logits(old_logits))[0].gather(-1, actions.unsqueeze(-1)).squeeze(-1)
             rewards = topk_rewards(old_logits, batch.targets, self.reward_k) * rewarded
             returns = returns_after(rewards, ppo.gamma).clamp(-cfg.reward_clip, cfg.reward_clip)
             advantage = returns - value_head(hidden).squeeze(-1)
@@ -776,7 +774,7 @@ class LogLLaMATrainer:
         n = weight.sum().clamp(min=1e-9)
         for _ in range(ppo.epochs):
             hidden = model.hidden(batch)
-            logp, entropy = self._sampling_log_probs(model.key_logits(hidden))
+            logp, entropy = _candidate_log_probs(model.sampling_logits(model.key_logits(hidden)))
             new_logp = logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
             ratio = torch.exp((new_logp - old_logp).masked_fill(~acted, 0.0))
             surrogate = torch.min(ratio * advantage, ratio.clamp(1 - ppo.clip_eps, 1 + ppo.clip_eps) * advantage)
@@ -794,11 +792,6 @@ class LogLLaMATrainer:
             optimizer.step()
         reward = float(rewards.sum() / rewarded.sum().clamp(min=1))
         return {"loss": loss.item(), "reward": reward, "kl": float((kl.detach() * weight).sum() / n)}
-
-    def _sampling_log_probs(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """log p and entropy of the distribution `sample_contexts` draws from: the candidates
-        without the end (a generated context is as long as its sequence)."""
-        return _candidate_log_probs(logits.index_fill(-1, torch.tensor([self.model.eos], device=logits.device), float("-inf")))
 
 
 # ============================================================================ entry points
