@@ -98,16 +98,27 @@ def outside_topk(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.T
     """Which observed keys fall outside the Top-K of their prediction.
 
     Args:
-        logits: [L, C] scores of every row at each position; non-candidates are -inf.
-        targets: [L] observed key per position (a non-candidate such as `unk` is always outside).
+        logits: [..., C] scores of every row at each position ([L, C] for one sequence,
+            [B, L, C] for a batch); non-candidates are -inf.
+        targets: [...] observed key per position (a non-candidate such as `unk` is always
+            outside; a padding target comes out arbitrary, so mask it).
         k: the K of the rule.
     Returns:
-        [L] bool: True where `targets` is not among the k highest logits. A target is in the
+        [...] bool: True where `targets` is not among the k highest logits. A target is in the
         Top-K when fewer than k candidates score strictly higher (ties go to the target).
     """
-    true = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1))  # [L, 1]
-    rank = (logits > true).sum(-1)  # [L] candidates strictly above the observed key
-    return (rank >= k) | ~torch.isfinite(true.squeeze(-1))
+    return smallest_passing_k(logits, targets) > k
+
+
+def smallest_passing_k(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The smallest K whose Top-K holds each observed key: 1 + the candidates scoring strictly
+    higher (ties go to the target); inf for a non-candidate target such as `unk`.
+
+    Shapes: logits [..., C] (non-candidates -inf), targets [...] -> float [...].
+    """
+    true = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1))  # [..., 1]
+    needed = (logits > true).sum(-1).float() + 1
+    return torch.where(torch.isfinite(true.squeeze(-1)), needed, torch.full_like(needed, math.inf))
 
 
 @dataclass(frozen=True)
@@ -516,6 +527,21 @@ class LogLLaMADetector:
                 build_verdict(keys, outside.tolist(), int(checked.sum()), self.k, self.version, least, self.keymap.name)
             )
         return verdicts
+
+    def smallest_passing_ks(self, key_sequences: Sequence[tuple[int, ...]]) -> list[float]:
+        """Per sequence, the smallest K at which the Top-K rule calls it normal (inf: it holds an
+        unseen key; 0: nothing to check): flagged at K exactly when this exceeds K, so one pass
+        gives the labels of every K (`training.logllama.k_sweep`)."""
+        needed: dict[tuple[int, ...], float] = {}
+        distinct = sorted({keys for keys in key_sequences if keys}, key=len)
+        for start in range(0, len(distinct), self.runtime.batch_size):
+            chunk = distinct[start : start + self.runtime.batch_size]
+            batch = self.model.make_batch(chunk)
+            with torch.inference_mode():
+                per_target = smallest_passing_k(self.model(batch), batch.targets)  # [B, L]
+            per_sequence = torch.where(batch.checked, per_target, torch.zeros_like(per_target)).amax(-1)
+            needed.update(zip(chunk, per_sequence.tolist(), strict=True))
+        return [needed[keys] if keys else 0.0 for keys in key_sequences]
 
     def cache_stats(self) -> dict[str, dict[str, float]]:
         return {"keys": self.keymap.stats(), "verdict": self.verdicts.stats()}

@@ -64,6 +64,7 @@ from model.logllama import (
     KeyBatch,
     LogLLaMAArchitecture,
     LogLLaMADetector,
+    effective_k,
     key_batch,
     outside_topk,
     sampled_inputs,
@@ -268,6 +269,13 @@ class KeyedData:
     summary: dict[str, Any] = field(default_factory=dict)
     # With weighted rows: mean targets per training sequence (see `LogLLaMA.next_key_loss`).
     mean_targets: float | None = None
+    # Every held-out normal sequence (distinct, with counts) when `val` is a subsample of them.
+    held_out: tuple[list[tuple[int, ...]], list[int]] | None = None
+
+    @property
+    def all_validation(self) -> tuple[list[tuple[int, ...]], list[int]]:
+        """All the held-out normal sequences with their counts (`k_sweep` rates K on them)."""
+        return self.held_out or (self.val, self.val_counts)
 
 
 def _bgl_keymap(templates_csv: Path, messages: Sequence[str]) -> LogKeyMap:
@@ -360,7 +368,9 @@ def prepare_data(config: LogLLaMATrainConfig, dataset: Dataset | None = None) ->
     train_weights: list[float] = [1.0] * len(train)
     if config.dedupe:
         train, train_weights = weighted_rows(train, train_counts)
+    held_out = None
     if config.max_val_sequences and len(val) > config.max_val_sequences:
+        held_out = (val, val_counts)
         keep = sorted(rng.permutation(len(val))[: config.max_val_sequences])
         val, val_counts = [val[i] for i in keep], [val_counts[i] for i in keep]
     summary = {
@@ -389,7 +399,7 @@ def prepare_data(config: LogLLaMATrainConfig, dataset: Dataset | None = None) ->
         rows = key_batch(train, keymap.n_keys, arch.sequence_kind, arch.max_keys, weights=train_weights)
         counted = ((rows.targets != IGNORE) & (rows.targets != keymap.unk)).sum(-1).float()
         mean_targets = float((counted * rows.weights).sum() / rows.weights.sum())
-    return KeyedData(keymap, train, train_weights, val, val_counts, split.test, summary, mean_targets)
+    return KeyedData(keymap, train, train_weights, val, val_counts, split.test, summary, mean_targets, held_out)
 
 
 # ============================================================================ losses
@@ -421,15 +431,9 @@ def reward_mask(batch_targets: torch.Tensor, checked: torch.Tensor, unk: int, pr
     return valid & checked & (positions >= torch.floor(prompt_fraction * m))
 
 
-def outside_topk_batch(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
-    """[B, L] bool: `outside_topk` for a batch (padding targets come out arbitrary: mask them)."""
-    flat = outside_topk(logits.reshape(-1, logits.shape[-1]), targets.clamp(min=0).reshape(-1), k)
-    return flat.reshape(targets.shape)
-
-
 def topk_rewards(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
     """[B, L] float: +1 where the observed key is within the Top-K, −1 where outside."""
-    return 1.0 - 2.0 * outside_topk_batch(logits, targets, k).float()
+    return 1.0 - 2.0 * outside_topk(logits, targets, k).float()  # padding: arbitrary, masked later
 
 
 def returns_after(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -542,7 +546,7 @@ class LogLLaMATrainer:
             valid = (targets != IGNORE).float()
             totals["nll"] += float((nll * valid).sum(-1) @ w)
             totals["targets"] += float(valid.sum(-1) @ w)
-            outside = outside_topk_batch(logits, batch.targets, self.detector.k) & batch.checked
+            outside = outside_topk(logits, batch.targets, self.detector.k) & batch.checked
             totals["hits"] += float((batch.checked & ~outside).float().sum(-1) @ w)
             totals["checked"] += float(batch.checked.float().sum(-1) @ w)
             totals["flagged"] += float(outside.any(-1).float() @ w)
@@ -795,19 +799,49 @@ class LogLLaMATrainer:
 
 
 # ============================================================================ entry points
-def _metrics_of(detector: LogLLaMADetector, test: Sequence[LabelledSequence], name: str) -> dict[str, Any]:
+def k_sweep(
+    test_needed: Sequence[float],
+    test_labels: Sequence[int],
+    val_needed: Sequence[float],
+    val_counts: Sequence[int],
+    max_k: int,
+) -> list[dict[str, float | int]]:
+    """The Top-K rule at every K from 1 to `max_k`, from each sequence's smallest passing K
+    (`LogLLaMADetector.smallest_passing_ks`): test precision/recall/F1 and confusion counts, and
+    the false-positive rate on the normal validation sequences (weighted by `val_counts`), the
+    one figure a user without anomaly labels can choose K by.
+    """
+    from training.evaluate import binary_metrics
+
+    n_val = sum(val_counts)
+    rows = []
+    for k in range(1, max_k + 1):
+        metrics = binary_metrics(test_labels, [int(needed > k) for needed in test_needed])
+        val_flagged = sum(c for needed, c in zip(val_needed, val_counts, strict=True) if needed > k)
+        rows.append({"k": k, "validation_false_positive_rate": round(val_flagged / max(n_val, 1), 6), **metrics.as_dict()})
+    return rows
+
+
+def _metrics_of(detector: LogLLaMADetector, data: KeyedData, name: str) -> dict[str, Any]:
+    """Test-split metrics of one detector folder, its unseen-key counts and its `k_sweep`."""
     from training.evaluate import score_sequences
 
+    test = data.test
     evaluation = score_sequences(
         detector, name, [s.key for s in test], [list(s.messages) for s in test], [s.label for s in test]
     )
-    unk = detector.keymap.unk
-    with_unk = [any(k == unk for k in detector.keymap.keys_of(s.messages)) for s in test]
+    test_keys = [tuple(detector.keymap.keys_of(s.messages)) for s in test]
+    validation, validation_counts = data.all_validation
+    with_unk = [detector.keymap.unk in keys for keys in test_keys]
     return {
         **evaluation.summary(),
         "k": detector.k,
         "anomalous_with_unseen_key": sum(w for w, s in zip(with_unk, test, strict=True) if s.label),
         "normal_with_unseen_key": sum(w for w, s in zip(with_unk, test, strict=True) if not s.label),
+        "k_sweep": k_sweep(
+            detector.smallest_passing_ks(test_keys), [s.label for s in test],
+            detector.smallest_passing_ks(validation), validation_counts, effective_k(sys.maxsize, detector.keymap.n_keys),
+        ),
     }
 
 
@@ -863,17 +897,23 @@ def train_logllama(
 
 def evaluate_logllama_run(config: LogLLaMATrainConfig, data: KeyedData, folders: dict[str, Path]) -> None:
     """Score the test split with every folder of a run (`detector`, `without_rl`,
-    `lm_continued`) and write the run's report.json; also re-scores a finished run."""
+    `lm_continued`) and write the run's report.json, with a `k_sweep` per folder; also
+    re-scores a finished run."""
     from model.detector import load_detector
 
-    report: dict[str, Any] = {"split": data.summary["split"], "n_keys": data.keymap.n_keys}
+    report: dict[str, Any] = {
+        "split": data.summary["split"],
+        "n_keys": data.keymap.n_keys,
+        # what each folder's k_sweep measures its validation false-positive rate on
+        "validation": {"distinct_sequences": len(data.all_validation[0]), "sequences": sum(data.all_validation[1])},
+    }
     names = {"detector": "with_rl" if config.rl.enabled else "without_rl", "without_rl": "without_rl",
              "lm_continued": "lm_continued"}
     for folder_name, folder in folders.items():
         scored = load_detector(folder, config.runtime)
         assert isinstance(scored, LogLLaMADetector)
         report["k"] = scored.k
-        report[names[folder_name]] = _metrics_of(scored, data.test, f"logllama-{names[folder_name]}")
+        report[names[folder_name]] = _metrics_of(scored, data, f"logllama-{names[folder_name]}")
     (config.output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     log.info("logllama report: %s", {k: v for k, v in report.items() if k != "split"})
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,6 +152,18 @@ def test_an_unseen_line_is_flagged_at_its_position(detector: LogLLaMADetector, n
     assert detector.score([session])[0] == verdict
     # The unseen key is the least likely one: the score is about its line.
     assert verdict.score_positions == (2,)
+
+
+def test_smallest_passing_ks_agree_with_the_verdicts_at_every_k(
+    detector: LogLLaMADetector, normal_sessions: list[list[str]]
+) -> None:
+    sessions = [*normal_sessions[:12], [*normal_sessions[0][:3], "Disk quota exceeded on volume /data/7"]]
+    keys = [tuple(detector.keymap.keys_of(s)) for s in sessions]
+    needed = detector.smallest_passing_ks([*keys, ()])
+    assert needed[-2] == math.inf and needed[-1] == 0  # an unseen key never passes; nothing to check
+    for k in (1, 3, detector.k):
+        at_k = LogLLaMADetector(detector.model, detector.keymap, k, FP32)  # same weights, its own cache
+        assert [v.label for v in at_k.score_keys(keys)] == [int(n > k) for n in needed[:-1]]
 
 
 def test_the_score_points_at_the_least_likely_line_the_answer_names(

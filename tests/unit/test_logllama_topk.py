@@ -16,9 +16,10 @@ from model.logllama import (
     key_batch,
     least_likely,
     outside_topk,
+    smallest_passing_k,
     surprisal_score,
 )
-from training.logllama import reinforce_loss, reward_mask, topk_rewards, weighted_rows
+from training.logllama import k_sweep, reinforce_loss, reward_mask, topk_rewards, weighted_rows
 
 INF = float("-inf")
 
@@ -46,6 +47,39 @@ def test_ties_count_for_the_observed_key() -> None:
     assert outside_topk(logits, torch.tensor([0]), k=1).tolist() == [False]
     assert outside_topk(logits, torch.tensor([3]), k=4).tolist() == [False]
     assert outside_topk(logits, torch.tensor([3]), k=3).tolist() == [True]
+
+
+def test_smallest_passing_k_on_hand_built_logits() -> None:
+    logits = torch.tensor([[5.0, 4.0, 4.0, 2.0, INF]] * 4)
+    # key 0 first; key 2 ties with key 1, so it passes at K = 2; key 3 needs K = 4; unk never passes.
+    assert smallest_passing_k(logits, torch.tensor([0, 2, 3, 4])).tolist() == [1.0, 2.0, 4.0, math.inf]
+
+
+def test_smallest_passing_k_gives_the_rule_at_every_k() -> None:
+    """Flagged at K exactly when the smallest passing K exceeds K, so one pass labels every K;
+    also on a [B, L, C] batch with a non-candidate column."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 9, generator=generator).round(decimals=1)  # rounding makes ties
+    logits[..., 8] = INF
+    targets = torch.randint(0, 9, (3, 6), generator=generator)
+    needed = smallest_passing_k(logits, targets)
+    for k in range(1, 10):
+        assert torch.equal(outside_topk(logits, targets, k), needed > k)
+
+
+def test_k_sweep_counts_on_hand_built_sequences() -> None:
+    # test: smallest passing K per sequence with labels; validation: normal, weighted by count.
+    rows = k_sweep([1, 3, math.inf, 2, 5], [0, 0, 1, 1, 1], [1, 2, 4], [10, 5, 1], max_k=4)
+    assert [r["k"] for r in rows] == [1, 2, 3, 4]
+    at = {r["k"]: r for r in rows}
+    # K = 2: flagged are 3, inf, 5 -> TP 2 (inf, 5), FP 1 (3), FN 1 (2); validation: 4 -> 1 of 16.
+    assert (at[2]["tp"], at[2]["fp"], at[2]["fn"], at[2]["tn"]) == (2, 1, 1, 1)
+    assert at[2]["validation_false_positive_rate"] == pytest.approx(1 / 16)
+    assert at[2]["f1"] == pytest.approx(2 / 3)
+    # K = 1: every sequence but the first flagged; validation 2 and 4 -> 6 of 16.
+    assert (at[1]["tp"], at[1]["fp"]) == (3, 1) and at[1]["validation_false_positive_rate"] == pytest.approx(6 / 16)
+    # K = 4: only the unseen key (inf) and the 5 stay flagged; no validation sequence.
+    assert (at[4]["tp"], at[4]["fp"], at[4]["fn"]) == (2, 0, 1) and at[4]["validation_false_positive_rate"] == 0
 
 
 @pytest.mark.parametrize(
@@ -256,3 +290,22 @@ def test_prepare_data_turns_rare_normal_templates_into_unk_for_training_and_test
     holding = [s for s in data.test if any(m.startswith("Unexpected") for m in s.messages)]
     assert holding and all(data.keymap.unk in data.keymap.keys_of(s.messages) for s in holding)
     assert prepare_data(parse_logllama_config({"data": {"kind": "hdfs", "split": "random"}}), dataset).keymap.n_keys == 3
+
+
+def test_a_validation_subsample_keeps_every_held_out_sequence_for_the_k_sweep() -> None:
+    from training.data import Dataset, LabelledSequence
+    from training.logllama import parse_logllama_config, prepare_data
+
+    def block(i: int) -> LabelledSequence:  # 1-7 receive lines: 7 distinct key sequences
+        receives = [f"Receiving block blk_{i} src: /10.0.0.1:{j} dest: /10.0.0.2:6" for j in range(1 + i % 7)]
+        return LabelledSequence(f"blk_{i}", (*receives, f"Deleting block blk_{i} file /d/{i}"), 0, i)
+
+    dataset = Dataset("tiny", tuple(block(i) for i in range(300)))
+    raw = {"data": {"kind": "hdfs", "split": "random"}, "val_fraction": 0.2}
+    data = prepare_data(parse_logllama_config({**raw, "max_val_sequences": 3}), dataset)
+    full = prepare_data(parse_logllama_config(raw), dataset)
+    assert len(data.val) == 3 and sum(data.val_counts) < data.summary["normal_val"]
+    validation, counts = data.all_validation
+    assert sum(counts) == data.summary["normal_val"] and len(validation) == 7
+    assert sorted(zip(validation, counts, strict=True)) == sorted(zip(full.val, full.val_counts, strict=True))
+    assert full.all_validation == (full.val, full.val_counts)
