@@ -323,14 +323,17 @@ def build_worker(
     lease = OpenSearchLease(
         client, settings.state.index, settings.checkpoint_id, holder, settings.state.lease_ttl_s, retrier, time.time
     )
+    detector = detector if detector is not None else load_worker_detector(settings)
+    if settings.scoring.top_k is not None:
+        from model.logllama import with_top_k  # torch + peft: imported only when a K is set
+
+        detector = with_top_k(detector, settings.scoring.top_k, env_name(("scoring", "top_k")))
     worker = Worker(
         options=PassOptions.from_settings(settings),
         source=wrap_source(source) if wrap_source is not None else source,
         entries=entries,
         new_grouper=lambda: build_grouper(settings.grouping),
-        detector=with_label_threshold(
-            detector if detector is not None else load_worker_detector(settings), settings.scoring.label_threshold
-        ),
+        detector=with_label_threshold(detector, settings.scoring.label_threshold),
         sink=sink,
         checkpoints=checkpoints,
         lease=lease,

@@ -235,6 +235,13 @@ class ScoringSettings(_Section):
         "(oracle_threshold in its report). It becomes part of model_version, so labels written under another threshold stay "
         "distinguishable; unset = the detector's rule",
     )
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        description="LogLLaMA folders only: label by the Top-K rule with this K instead of the one stored in the "
+        "folder (read the trade-off off k_sweep in the training report: the false-positive rate on held-out normal "
+        "logs per K); it becomes part of model_version; unset = the folder's K",
+    )
     batch_groups: int = Field(
         1024,
         ge=1,

@@ -57,6 +57,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="label a sequence anomalous when its score is at least this, instead of by the detector's rule "
         "(pick it with `logllm eval`: oracle_threshold in its report)",
     )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        help="LogLLaMA folders: the Top-K rule's K instead of the folder's (pick it from k_sweep in the training report)",
+    )
     parser.set_defaults(handler=run_score)
 
 
@@ -92,6 +97,7 @@ def run_score(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from model.detector import RuntimeSettings, check_label_threshold, load_detector, with_label_threshold
+    from model.logllama import with_top_k
 
     if args.label_threshold is not None:
         check_label_threshold(args.label_threshold, "--label-threshold")
@@ -116,7 +122,9 @@ def run_score(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     runtime = RuntimeSettings(device=args.device, dtype=args.dtype, batch_size=args.batch_size, threads=args.threads)
-    detector = with_label_threshold(load_detector(args.model, runtime), args.label_threshold)
+    detector = with_label_threshold(
+        with_top_k(load_detector(args.model, runtime), args.top_k, "--top-k"), args.label_threshold
+    )
 
     started = time.monotonic()
     with tqdm(total=len(sequences), unit="seq", desc="scoring", file=sys.stderr, disable=None) as bar:

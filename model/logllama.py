@@ -43,8 +43,8 @@ from torch import nn
 
 from model.backbones import DEFAULT_DECODER, Placement, choose_placement, load_decoder
 from model.cache import CountingLRU, score_through_cache
-from model.detector import ProgressFn, RuntimeSettings, Verdict
-from model.errors import ManifestMismatchError
+from model.detector import Detector, ProgressFn, RuntimeSettings, Verdict
+from model.errors import ManifestMismatchError, UserError
 from model.folder import read_weights, write_detector_folder
 from model.logkeys import LogKeyMap
 from model.logllm import LoraSpec
@@ -546,3 +546,18 @@ class LogLLaMADetector:
     def cache_stats(self) -> dict[str, dict[str, float]]:
         return {"keys": self.keymap.stats(), "verdict": self.verdicts.stats()}
 
+
+def with_top_k(detector: Detector, k: int | None, setting: str) -> Detector:
+    """`detector`, or the same LogLLaMA model under the Top-K rule with another K (one read off
+    the `k_sweep` of its training report, say) when `k` is given. The K joins the version, so
+    labels written under another K stay distinguishable; it is capped like the folder's own K.
+
+    Raises:
+        UserError: `k` is given for a detector that has no Top-K rule, naming `setting`.
+    """
+    if k is None:
+        return detector
+    if not isinstance(detector, LogLLaMADetector):
+        raise UserError(f"{setting} {k}: only a LogLLaMA folder labels by a Top-K rule, this one is {detector.name}; unset it")
+    base = detector.version.removeprefix(f"{detector.name}-")
+    return LogLLaMADetector(detector.model, detector.keymap, k, detector.runtime, f"{base}-k{k}")

@@ -20,8 +20,17 @@ from model.detector import load_detector, with_label_threshold
 from model.errors import ManifestMismatchError, UserError
 from model.folder import MANIFEST_FILE
 from model.logkeys import LogKeyMap
-from model.logllama import KEYMAP_FILE, KeyBatch, LogLLaMAArchitecture, LogLLaMADetector, outside_topk
+from model.logllama import (
+    KEYMAP_FILE,
+    KeyBatch,
+    LogLLaMAArchitecture,
+    LogLLaMADetector,
+    effective_k,
+    outside_topk,
+    with_top_k,
+)
 from model.preprocess import HDFS_BLOCK_ID, LogLine, iter_log_lines, sessions_by_key
+from tests.fakes import FakeDetector
 from tests.model.conftest import FP32
 from training.logllama import (
     KeyedData,
@@ -161,9 +170,17 @@ def test_smallest_passing_ks_agree_with_the_verdicts_at_every_k(
     keys = [tuple(detector.keymap.keys_of(s)) for s in sessions]
     needed = detector.smallest_passing_ks([*keys, ()])
     assert needed[-2] == math.inf and needed[-1] == 0  # an unseen key never passes; nothing to check
+    assert with_top_k(detector, None, "--top-k") is detector
     for k in (1, 3, detector.k):
-        at_k = LogLLaMADetector(detector.model, detector.keymap, k, FP32)  # same weights, its own cache
+        at_k = with_top_k(detector, k, "--top-k")  # same weights, its own cache and version
+        assert at_k.version == f"{detector.version}-k{k}" and at_k.k == k
         assert [v.label for v in at_k.score_keys(keys)] == [int(n > k) for n in needed[:-1]]
+    assert with_top_k(detector, 1000, "--top-k").k == effective_k(1000, detector.keymap.n_keys) < 1000  # capped
+
+
+def test_top_k_is_refused_for_a_detector_without_a_top_k_rule() -> None:
+    with pytest.raises(UserError, match=r"LOGLLM_SCORING__TOP_K 5: only a LogLLaMA folder .* this one is fake; unset it"):
+        with_top_k(FakeDetector(), 5, "LOGLLM_SCORING__TOP_K")
 
 
 def test_the_score_points_at_the_least_likely_line_the_answer_names(
@@ -363,3 +380,10 @@ def test_logllm_score_names_the_file_lines_a_logllama_folder_points_at(
     # The unseen line is file line 3 (1-based): its block points at it.
     assert records[block]["label"] == "anomalous" and 3 in records[block]["top_lines"]
     assert "cache hit ratio" in capsys.readouterr().err
+    # --top-k 1: the same model under a stricter rule flags every block the folder's K flags, and
+    # says so in the version.
+    assert main([*argv, "--top-k", "1", str(log), "-o", str(tmp_path / "k1.jsonl")]) == 0
+    strict = {r["sequence"]: r for r in map(json.loads, (tmp_path / "k1.jsonl").read_text().splitlines())}
+    assert {r["model_version"] for r in strict.values()} == {f"{records[block]['model_version']}-k1"}
+    flagged = {key for key, r in records.items() if r["label"] == "anomalous"}
+    assert flagged <= {key for key, r in strict.items() if r["label"] == "anomalous"}

@@ -1,6 +1,6 @@
 """The worker end to end with a LogLLaMA folder on the real local OpenSearch node: `logllm once`
 loads the folder through the manifest, labels every document, and writes the failed positions
-as `anomaly.top_lines` (the line-level explanation)."""
+as `anomaly.top_lines` (the line-level explanation); with `scoring.top_k`, by the rule at that K."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from opensearchpy import OpenSearch
 
 from model.logkeys import LogKeyMap
-from model.logllama import LogLLaMAArchitecture, LogLLaMADetector
+from model.logllama import LogLLaMAArchitecture, LogLLaMADetector, with_top_k
 from model.preprocess import HDFS_BLOCK_ID
 from tests.integration.conftest import index_prefix, opensearch_url, os_client  # noqa: F401 (fixtures)
 from tests.integration.worker_support import (
@@ -38,10 +38,12 @@ def _documents() -> list[tuple[str, dict[str, Any]]]:
     return [documents[0], (NOVEL_ID, novel), *documents[1:]]
 
 
+@pytest.mark.parametrize("top_k", [None, 3], ids=["folder-k", "top_k-3"])
 def test_once_with_a_logllama_folder_labels_documents_and_points_at_the_failed_lines(
     os_client: OpenSearch,  # noqa: F811
     index_prefix: str,  # noqa: F811
     tmp_path: Path,
+    top_k: int | None,
 ) -> None:
     documents = _documents()
     keymap = LogKeyMap.fit(source["message"] for doc_id, source in documents if doc_id != NOVEL_ID)
@@ -56,7 +58,7 @@ def test_once_with_a_logllama_folder_labels_documents_and_points_at_the_failed_l
 
     settings = worker_settings(
         index_prefix,
-        scoring={"model_dir": folder, "detector": "logllama", "batch_groups": 32},
+        scoring={"model_dir": folder, "detector": "logllama", "batch_groups": 32, "top_k": top_k},
         runtime={"device": "cpu", "dtype": "float32", "quantize": "off", "threads": 1},
     )
     create_source(os_client, settings.source.index, documents)
@@ -65,7 +67,8 @@ def test_once_with_a_logllama_folder_labels_documents_and_points_at_the_failed_l
 
     docs = {hit["_id"]: hit["_source"] for hit in all_hits(os_client, settings.source.index)}
     results = {hit["_id"]: hit["_source"] for hit in all_hits(os_client, settings.sink.results_index)}
-    assert {doc["anomaly"]["model_version"] for doc in docs.values()} == {version}
+    # Another K is part of the version: labels written under the folder's K stay distinguishable.
+    assert {doc["anomaly"]["model_version"] for doc in docs.values()} == {version if top_k is None else f"{version}-k{top_k}"}
     for result in results.values():
         members = [ref["id"] for ref in result["docs"]]
         tops = [ref["id"] for ref in result["top_lines"]]
@@ -78,7 +81,7 @@ def test_once_with_a_logllama_folder_labels_documents_and_points_at_the_failed_l
     assert NOVEL_ID in [ref["id"] for ref in group["top_lines"]] and "<unk>" in group["answer"]
     # The worker's verdicts are the detector's on exactly each group's messages.
     sample = sorted(results.values(), key=lambda r: r["group_id"])[::5]
-    verdicts = detector.score([[docs[ref["id"]]["message"] for ref in r["docs"]] for r in sample])
+    verdicts = with_top_k(detector, top_k, "top_k").score([[docs[ref["id"]]["message"] for ref in r["docs"]] for r in sample])
     for result, verdict in zip(sample, verdicts, strict=True):
         assert result["label"] == ("anomalous" if verdict.label else "normal")
         assert [ref["id"] for ref in result["top_lines"]] == [result["docs"][i]["id"] for i in verdict.positions]
