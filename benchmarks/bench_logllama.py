@@ -82,7 +82,7 @@ def _aggregate_k_sweep(sweeps: list[list[dict[str, Any]]]) -> list[dict[str, Any
 def _k_sweep_table(rows: list[dict[str, Any]], chosen_k: int) -> str:
     """Markdown rows up to 2 x the chosen K (at most ~15 of them, the chosen K always in)."""
     step = max(1, math.ceil(2 * chosen_k / 14))
-    shown = [r for r in rows if r["k"] <= 2 * chosen_k and (r["k"] % step == 1 % step or r["k"] == chosen_k)]
+    shown = [r for r in rows if r["k"] <= 2 * chosen_k and ((r["k"] - 1) % step == 0 or r["k"] == chosen_k)]
     return "\n".join(
         f"| {'**' + str(r['k']) + '**' if r['k'] == chosen_k else r['k']} | {100 * r['validation_false_positive_rate']:.2f}% | "
         + " / ".join(f"{f:.3f} ({fp}/{fn})" for f, fp, fn in zip(r["f1_per_seed"], r["fp_per_seed"], r["fn_per_seed"], strict=True))

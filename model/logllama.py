@@ -34,7 +34,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from peft import TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -64,6 +64,7 @@ K_CAP_FRACTION = 0.95
 TIE_BREAK_WEIGHT = 1e-3
 
 SequenceKind = Literal["session", "window"]
+V = TypeVar("V")
 
 
 class LogLLaMAArchitecture(BaseModel):
@@ -506,13 +507,37 @@ class LogLLaMADetector:
         empty = Verdict(0, 0.0, self.version, "empty sequence")
         if progress and not all(key_sequences):
             progress(sum(1 for keys in key_sequences if not keys))
+        return self._per_sequence(key_sequences, empty, self.verdicts, self._score_unique, progress)
+
+    def smallest_passing_ks(self, key_sequences: Sequence[tuple[int, ...]]) -> list[float]:
+        """Per sequence, the smallest K at which the Top-K rule calls it normal (inf: it holds an
+        unseen key; 0: nothing to check): flagged at K exactly when this exceeds K, so one pass
+        gives the labels of every K (`training.logllama.k_sweep`)."""
+        return self._per_sequence(key_sequences, 0.0, CountingLRU(0), self._smallest_passing_unique)
+
+    def _per_sequence(
+        self,
+        key_sequences: Sequence[tuple[int, ...]],
+        empty: V,
+        cache: CountingLRU[V],
+        score_unique: Callable[[list[tuple[int, ...]]], list[V]],
+        progress: ProgressFn | None = None,
+    ) -> list[V]:
+        """One value per sequence: `empty` for an empty one, the rest through `cache` and
+        `score_unique` in planned batches of distinct sequences (`score_through_cache`)."""
         scored = iter(score_through_cache(
-            [keys for keys in key_sequences if keys], _keys_digest, self.verdicts, self._score_unique,
+            [keys for keys in key_sequences if keys], _keys_digest, cache, score_unique,
             self.runtime.batch_size, progress,
             positions_of=lambda keys: 1 + min(len(keys), self.model.arch.max_keys),  # the start row + the keys
             batch_overhead=self.runtime.batch_overhead(self.model.placement.device),
         ))
         return [next(scored) if keys else empty for keys in key_sequences]
+
+    def _smallest_passing_unique(self, batch_keys: Sequence[tuple[int, ...]]) -> list[float]:
+        batch = self.model.make_batch(batch_keys)
+        with torch.inference_mode():
+            per_target = smallest_passing_k(self.model(batch), batch.targets)  # [B, L]
+        return torch.where(batch.checked, per_target, torch.zeros_like(per_target)).amax(-1).tolist()
 
     def _score_unique(self, batch_keys: Sequence[tuple[int, ...]]) -> list[Verdict]:
         batch = self.model.make_batch(batch_keys)
@@ -527,21 +552,6 @@ class LogLLaMADetector:
                 build_verdict(keys, outside.tolist(), int(checked.sum()), self.k, self.version, least, self.keymap.name)
             )
         return verdicts
-
-    def smallest_passing_ks(self, key_sequences: Sequence[tuple[int, ...]]) -> list[float]:
-        """Per sequence, the smallest K at which the Top-K rule calls it normal (inf: it holds an
-        unseen key; 0: nothing to check): flagged at K exactly when this exceeds K, so one pass
-        gives the labels of every K (`training.logllama.k_sweep`)."""
-        needed: dict[tuple[int, ...], float] = {}
-        distinct = sorted({keys for keys in key_sequences if keys}, key=len)
-        for start in range(0, len(distinct), self.runtime.batch_size):
-            chunk = distinct[start : start + self.runtime.batch_size]
-            batch = self.model.make_batch(chunk)
-            with torch.inference_mode():
-                per_target = smallest_passing_k(self.model(batch), batch.targets)  # [B, L]
-            per_sequence = torch.where(batch.checked, per_target, torch.zeros_like(per_target)).amax(-1)
-            needed.update(zip(chunk, per_sequence.tolist(), strict=True))
-        return [needed[keys] if keys else 0.0 for keys in key_sequences]
 
     def cache_stats(self) -> dict[str, dict[str, float]]:
         return {"keys": self.keymap.stats(), "verdict": self.verdicts.stats()}
