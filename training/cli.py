@@ -172,4 +172,11 @@ def run_eval(args: argparse.Namespace) -> int:
             f"(TP {result['tp']} FP {result['fp']} FN {result['fn']} TN {result['tn']})",
             file=sys.stderr,
         )
+    if "k_sweep" in report:
+        best = max(report["k_sweep"], key=lambda row: (row["f1"], -row["k"]))
+        print(
+            f"logllm eval: Top-K rule on these labels: best F1 {best['f1']:.4f} at K = {best['k']} (the folder's K = "
+            f"{report['k']}); every K in {out_dir / 'report.md'}; another K applies with --top-k / scoring.top_k",
+            file=sys.stderr,
+        )
     return 0

@@ -264,16 +264,21 @@ def write_report(
     title: str,
     context: dict[str, Any],
     loss_records: Sequence[dict[str, Any]] = (),
+    sections: Sequence[str] = (),
+    details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write report.json, report.md, scores_<name>.jsonl, pr_curve.png (and training_loss.png
-    when `loss_records` has steps) to `out_dir`; returns the report dict."""
+    when `loss_records` has steps) to `out_dir`; returns the report dict. `context` is listed at
+    the top of report.md; `sections` are more markdown after its results table; `details` go
+    to report.json only (figures a section shows as a table)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for ev in evaluations:
         ev.write_scores(out_dir / f"scores_{ev.name}.jsonl")
     plots = [plot_pr_curves(evaluations, out_dir / "pr_curve.png", title).name]
     if any(r.get("event") == "step" for r in loss_records):
         plots.append(plot_training_loss(loss_records, out_dir / "training_loss.png", title).name)
-    report = {"title": title, **context, "results": {ev.name: ev.summary() for ev in evaluations}, "plots": plots}
+    report = {"title": title, **context, "results": {ev.name: ev.summary() for ev in evaluations}, **(details or {}),
+              "plots": plots}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     lines = [
         f"# {title}",
@@ -286,9 +291,10 @@ def write_report(
         "",
         "Anomalous is the positive class. LogLLM's decision is its label rule (context: label_rule): its greedy "
         "answer, or p(anomalous) >= the threshold `logllm calibrate` chose on the training split (then the "
-        "`-answer` row gives the greedy answer). AP and the oracle-threshold F1 come from sweeping the continuous "
-        "score on this test set (an upper bound, not a result).",
+        "`-answer` row gives the greedy answer); LogLLaMA's is the Top-K rule. AP and the oracle-threshold F1 come "
+        "from sweeping the continuous score on this test set (an upper bound, not a result).",
         "",
+        *(line for section in sections for line in (section, "")),
         *(f"![{p}]({p})" for p in plots),
         "",
     ]

@@ -802,24 +802,58 @@ class LogLLaMATrainer:
 def k_sweep(
     test_needed: Sequence[float],
     test_labels: Sequence[int],
-    val_needed: Sequence[float],
-    val_counts: Sequence[int],
     max_k: int,
+    validation: tuple[Sequence[float], Sequence[int]] | None = None,
 ) -> list[dict[str, float | int]]:
     """The Top-K rule at every K from 1 to `max_k`, from each sequence's smallest passing K
-    (`LogLLaMADetector.smallest_passing_ks`): test precision/recall/F1 and confusion counts, and
-    the false-positive rate on the normal validation sequences (weighted by `val_counts`), the
-    one figure a user without anomaly labels can choose K by.
+    (`LogLLaMADetector.smallest_passing_ks`): test precision/recall/F1 and confusion counts,
+    and with `validation` (smallest passing Ks of normal sequences, their counts) the
+    false-positive rate there, the one figure a user without anomaly labels can choose K by.
     """
     from training.evaluate import binary_metrics
 
-    n_val = sum(val_counts)
     rows = []
     for k in range(1, max_k + 1):
-        metrics = binary_metrics(test_labels, [int(needed > k) for needed in test_needed])
-        val_flagged = sum(c for needed, c in zip(val_needed, val_counts, strict=True) if needed > k)
-        rows.append({"k": k, "validation_false_positive_rate": round(val_flagged / max(n_val, 1), 6), **metrics.as_dict()})
+        row: dict[str, float | int] = {"k": k}
+        if validation is not None:
+            val_needed, val_counts = validation
+            flagged = sum(c for needed, c in zip(val_needed, val_counts, strict=True) if needed > k)
+            row["validation_false_positive_rate"] = round(flagged / max(sum(val_counts), 1), 6)
+        rows.append({**row, **binary_metrics(test_labels, [int(needed > k) for needed in test_needed]).as_dict()})
     return rows
+
+
+def detector_k_sweep(
+    detector: LogLLaMADetector,
+    test: Sequence[LabelledSequence],
+    validation: tuple[Sequence[tuple[int, ...]], Sequence[int]] | None = None,
+) -> list[dict[str, float | int]]:
+    """`k_sweep` of a detector on labelled sequences (one scoring pass), every K up to its cap;
+    `validation`: normal key sequences and their counts."""
+    needed = detector.smallest_passing_ks([tuple(detector.keymap.keys_of(s.messages)) for s in test])
+    val = None if validation is None else (detector.smallest_passing_ks(validation[0]), validation[1])
+    return k_sweep(needed, [s.label for s in test], effective_k(sys.maxsize, detector.keymap.n_keys), val)
+
+
+def k_sweep_markdown(rows: Sequence[dict[str, Any]], chosen_k: int) -> str:
+    """The K sweep as a markdown table: the chosen K (bold) and every K whose labels differ
+    from the K before it (between those, the figures are the same)."""
+    shown, previous = [], None
+    for row in rows:
+        counts = (row["tp"], row["fp"], row["fn"], row["tn"])
+        if counts != previous or row["k"] == chosen_k:
+            shown.append(row)
+        previous = counts
+    lines = [
+        "| K | precision | recall | F1 | TP | FP | FN | TN |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in shown:
+        k = f"**{r['k']}**" if r["k"] == chosen_k else str(r["k"])
+        lines.append(
+            f"| {k} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['tp']} | {r['fp']} | {r['fn']} | {r['tn']} |"
+        )
+    return "\n".join(lines)
 
 
 def _metrics_of(detector: LogLLaMADetector, data: KeyedData, name: str) -> dict[str, Any]:
@@ -830,18 +864,13 @@ def _metrics_of(detector: LogLLaMADetector, data: KeyedData, name: str) -> dict[
     evaluation = score_sequences(
         detector, name, [s.key for s in test], [list(s.messages) for s in test], [s.label for s in test]
     )
-    test_keys = [tuple(detector.keymap.keys_of(s.messages)) for s in test]
-    validation, validation_counts = data.all_validation
-    with_unk = [detector.keymap.unk in keys for keys in test_keys]
+    with_unk = [detector.keymap.unk in detector.keymap.keys_of(s.messages) for s in test]
     return {
         **evaluation.summary(),
         "k": detector.k,
         "anomalous_with_unseen_key": sum(w for w, s in zip(with_unk, test, strict=True) if s.label),
         "normal_with_unseen_key": sum(w for w, s in zip(with_unk, test, strict=True) if not s.label),
-        "k_sweep": k_sweep(
-            detector.smallest_passing_ks(test_keys), [s.label for s in test],
-            detector.smallest_passing_ks(validation), validation_counts, effective_k(sys.maxsize, detector.keymap.n_keys),
-        ),
+        "k_sweep": detector_k_sweep(detector, test, data.all_validation),
     }
 
 

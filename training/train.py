@@ -584,8 +584,10 @@ def evaluate_run(
     """Score the test split with the detector folder (and the baseline, if configured) and
     write the report to `out_dir`."""
     from model.detector import load_detector
+    from model.logllama import LogLLaMADetector
     from model.logllm import parse_answer
     from training.evaluate import score_with_verdicts, write_report
+    from training.logllama import detector_k_sweep, k_sweep_markdown
 
     evaluations: list[Evaluation] = []
     detector = load_detector(detector_dir, config.runtime)
@@ -598,10 +600,14 @@ def evaluate_run(
     finally:
         bar.close()
     threshold = getattr(detector, "threshold", None)
+    if isinstance(detector, LogLLaMADetector):
+        label_rule = f"Top-K rule, K = {detector.k} (anomalous when an observed next key is outside the Top-K)"
+    else:
+        label_rule = "greedy answer" if threshold is None else f"p(anomalous) >= {threshold:.6g} (logllm calibrate)"
     context = {
         **context,
         "detector": detector.version,
-        "label_rule": "greedy answer" if threshold is None else f"p(anomalous) >= {threshold:.6g} (logllm calibrate)",
+        "label_rule": label_rule,
         "cache": detector.cache_stats(),
     }
     if threshold is not None:
@@ -611,7 +617,18 @@ def evaluate_run(
     if config.baseline:
         evaluations.append(run_baseline(split, config.baseline_classifier, config.data.seed))
         context["baseline"] = f"drain3 templates -> event counts -> {config.baseline_classifier}"
-    return write_report(out_dir, evaluations, title=title, context=context, loss_records=loss_records)
+    sections, details = [], {}
+    if isinstance(detector, LogLLaMADetector):
+        # The rule at every K on these labels: what `scoring.top_k` / `logllm score --top-k` would give.
+        details.update(k=detector.k, k_sweep=detector_k_sweep(detector, test))
+        sections.append(
+            f"The Top-K rule at other K on this set (the folder's K = {detector.k} in bold; K values whose labels "
+            "equal the row above are left out). Apply another K with `scoring.top_k` or `logllm score --top-k`; a K "
+            "read off these labels is tuned on them.\n\n" + k_sweep_markdown(details["k_sweep"], detector.k)
+        )
+    return write_report(
+        out_dir, evaluations, title=title, context=context, loss_records=loss_records, sections=sections, details=details
+    )
 
 
 def run_baseline(split: Split, classifier: Any, seed: int) -> Evaluation:

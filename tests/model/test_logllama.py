@@ -178,6 +178,34 @@ def test_smallest_passing_ks_agree_with_the_verdicts_at_every_k(
     assert with_top_k(detector, 1000, "--top-k").k == effective_k(1000, detector.keymap.n_keys) < 1000  # capped
 
 
+def test_evaluating_a_folder_reports_the_rule_at_every_k(
+    detector: LogLLaMADetector, normal_sessions: list[list[str]], tmp_path: Path
+) -> None:
+    """`logllm eval` on a LogLLaMA folder: the K sweep's row at the folder's K is the rule's own
+    result, flags only fall as K grows, and report.md shows the table."""
+    from training.config import TrainConfig
+    from training.data import LabelledSequence, Split
+    from training.train import evaluate_run
+
+    detector.save(tmp_path / "ll")
+    sessions = [*normal_sessions[:10], [*normal_sessions[0][:3], "Disk quota exceeded on volume /data/7"]]
+    labels = [0] * 5 + [1] * 6  # five normal sessions labelled anomalous: true and false positives both
+    test = tuple(LabelledSequence(f"s{i}", tuple(s), y, i) for i, (s, y) in enumerate(zip(sessions, labels, strict=True)))
+    report = evaluate_run(
+        tmp_path / "ll", Split((), test, "hand-built"), TrainConfig(runtime=FP32, baseline=False), tmp_path / "eval",
+        title="tiny", context={}, progress=False,
+    )
+    sweep = report["k_sweep"]
+    assert report["label_rule"].startswith(f"Top-K rule, K = {detector.k} ")
+    assert report["k"] == detector.k and [r["k"] for r in sweep] == list(range(1, effective_k(10**6, detector.keymap.n_keys) + 1))
+    counts = ("tp", "fp", "fn", "tn")
+    assert [sweep[detector.k - 1][c] for c in counts] == [report["results"]["logllama"][c] for c in counts]
+    assert all(sum(r[c] for c in counts) == len(test) for r in sweep)
+    flagged = [r["tp"] + r["fp"] for r in sweep]
+    assert flagged == sorted(flagged, reverse=True) and all(r["tp"] >= 1 for r in sweep)  # the unseen line, at every K
+    assert f"| **{detector.k}** |" in (tmp_path / "eval" / "report.md").read_text()
+
+
 def test_top_k_is_refused_for_a_detector_without_a_top_k_rule() -> None:
     with pytest.raises(UserError, match=r"LOGLLM_SCORING__TOP_K 5: only a LogLLaMA folder .* this one is fake; unset it"):
         with_top_k(FakeDetector(), 5, "LOGLLM_SCORING__TOP_K")

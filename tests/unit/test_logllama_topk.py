@@ -19,7 +19,7 @@ from model.logllama import (
     smallest_passing_k,
     surprisal_score,
 )
-from training.logllama import k_sweep, reinforce_loss, reward_mask, topk_rewards, weighted_rows
+from training.logllama import k_sweep, k_sweep_markdown, reinforce_loss, reward_mask, topk_rewards, weighted_rows
 
 INF = float("-inf")
 
@@ -69,7 +69,7 @@ def test_smallest_passing_k_gives_the_rule_at_every_k() -> None:
 
 def test_k_sweep_counts_on_hand_built_sequences() -> None:
     # test: smallest passing K per sequence with labels; validation: normal, weighted by count.
-    rows = k_sweep([1, 3, math.inf, 2, 5], [0, 0, 1, 1, 1], [1, 2, 4], [10, 5, 1], max_k=4)
+    rows = k_sweep([1, 3, math.inf, 2, 5], [0, 0, 1, 1, 1], 4, validation=([1, 2, 4], [10, 5, 1]))
     assert [r["k"] for r in rows] == [1, 2, 3, 4]
     at = {r["k"]: r for r in rows}
     # K = 2: flagged are 3, inf, 5 -> TP 2 (inf, 5), FP 1 (3), FN 1 (2); validation: 4 -> 1 of 16.
@@ -80,6 +80,18 @@ def test_k_sweep_counts_on_hand_built_sequences() -> None:
     assert (at[1]["tp"], at[1]["fp"]) == (3, 1) and at[1]["validation_false_positive_rate"] == pytest.approx(6 / 16)
     # K = 4: only the unseen key (inf) and the 5 stay flagged; no validation sequence.
     assert (at[4]["tp"], at[4]["fp"], at[4]["fn"]) == (2, 0, 1) and at[4]["validation_false_positive_rate"] == 0
+    # Without validation sequences (`logllm eval`): the same test figures, and no rate to read.
+    without = k_sweep([1, 3, math.inf, 2, 5], [0, 0, 1, 1, 1], 4)
+    assert [{k: v for k, v in r.items() if k != "validation_false_positive_rate"} for r in rows] == without
+    assert all("validation_false_positive_rate" not in r for r in without)
+
+
+def test_k_sweep_table_shows_the_chosen_k_and_every_k_where_the_labels_change() -> None:
+    rows = k_sweep([1, 3, math.inf, 2, 5, 5], [0, 0, 1, 1, 1, 1], 7)
+    table = k_sweep_markdown(rows, chosen_k=7).splitlines()
+    # Labels change at K = 2, 3 and 5 (from K = 5 on only the unseen key is flagged); 4 and 6 repeat.
+    assert [line.split(" | ")[0].removeprefix("| ") for line in table[2:]] == ["1", "2", "3", "5", "**7**"]
+    assert table[-1] == "| **7** | 1.0000 | 0.2500 | 0.4000 | 1 | 0 | 3 | 2 |"
 
 
 @pytest.mark.parametrize(
