@@ -440,13 +440,18 @@ def compare_keys(args: argparse.Namespace) -> None:
         }
 
     # (a) added key tokens
-    config = parse_logllama_config({"lm": {"epochs": 1, "max_steps": args.steps, "eval_every": 10**6, "batch_size": args.batch}})
+    # Enough epochs that both representations take exactly `args.steps` steps of `args.batch` sequences.
+    epochs = math.ceil(args.steps * args.batch / len(train))
+    config = parse_logllama_config(
+        {"lm": {"epochs": epochs, "max_steps": args.steps, "eval_every": 10**6, "batch_size": args.batch}}
+    )
     detector = LogLLaMADetector.create(arch, keymap, 7, runtime, seed=0)
     keyed = KeyedData(keymap, train, [1.0] * len(train), train[:4], [1] * 4, ())
     trainer = LogLLaMATrainer(config, detector, keyed, show_progress=False)
     w0, c0 = time.perf_counter(), time.process_time()
     lm = trainer.train_lm()
     train_wall, train_cpu = time.perf_counter() - w0, time.process_time() - c0
+    assert lm.steps == args.steps, f"added key tokens trained {lm.steps} steps, not {args.steps}"
     model = detector.model
     w0, c0 = time.perf_counter(), time.process_time()
     flag_sets = []
@@ -528,7 +533,7 @@ def compare_keys(args: argparse.Namespace) -> None:
     )
     markdown = (
         f"{payload['dataset']}; both trained {args.steps} steps of {args.batch} sequences (LoRA r8 on SmolLM2-135M, "
-        f"same LR), K = {k} of {keymap.n_keys} keys + end. CPU fp32, shared machine: CPU seconds are the fairer cost.\n\n"
+        f"LoRA LR {config.lm.lr:g}; the added key rows at {config.lm.key_lr:g}), K = {k} of {keymap.n_keys} keys + end. CPU fp32, shared machine: CPU seconds are the fairer cost.\n\n"
         "| keys as | Top-K hit rate (normal) | normal flagged | anomalous flagged | train CPU s/seq | score CPU s/seq | "
         "decoder positions/seq |\n|---|---|---|---|---|---|---|\n"
         f"{rows}\n\nScoring cost ratio (text / tokens, CPU): {payload['score_cost_ratio_cpu']}x; training: "
