@@ -812,27 +812,29 @@ def k_sweep(
     """
     from training.evaluate import binary_metrics
 
+    val_needed, val_counts = validation or ((), ())
+    n_val = max(sum(val_counts), 1)
     rows = []
     for k in range(1, max_k + 1):
         row: dict[str, float | int] = {"k": k}
         if validation is not None:
-            val_needed, val_counts = validation
             flagged = sum(c for needed, c in zip(val_needed, val_counts, strict=True) if needed > k)
-            row["validation_false_positive_rate"] = round(flagged / max(sum(val_counts), 1), 6)
+            row["validation_false_positive_rate"] = round(flagged / n_val, 6)
         rows.append({**row, **binary_metrics(test_labels, [int(needed > k) for needed in test_needed]).as_dict()})
     return rows
 
 
 def detector_k_sweep(
     detector: LogLLaMADetector,
-    test: Sequence[LabelledSequence],
+    test_keys: Sequence[tuple[int, ...]],
+    test_labels: Sequence[int],
     validation: tuple[Sequence[tuple[int, ...]], Sequence[int]] | None = None,
 ) -> list[dict[str, float | int]]:
-    """`k_sweep` of a detector on labelled sequences (one scoring pass), every K up to its cap;
-    `validation`: normal key sequences and their counts."""
-    needed = detector.smallest_passing_ks([tuple(detector.keymap.keys_of(s.messages)) for s in test])
+    """`k_sweep` of a detector on labelled key sequences (one scoring pass), every K up to its
+    cap; `validation`: normal key sequences and their counts."""
     val = None if validation is None else (detector.smallest_passing_ks(validation[0]), validation[1])
-    return k_sweep(needed, [s.label for s in test], effective_k(sys.maxsize, detector.keymap.n_keys), val)
+    max_k = effective_k(sys.maxsize, detector.keymap.n_keys)
+    return k_sweep(detector.smallest_passing_ks(test_keys), test_labels, max_k, val)
 
 
 def k_sweep_markdown(rows: Sequence[dict[str, Any]], chosen_k: int) -> str:
@@ -864,13 +866,14 @@ def _metrics_of(detector: LogLLaMADetector, data: KeyedData, name: str) -> dict[
     evaluation = score_sequences(
         detector, name, [s.key for s in test], [list(s.messages) for s in test], [s.label for s in test]
     )
-    with_unk = [detector.keymap.unk in detector.keymap.keys_of(s.messages) for s in test]
+    test_keys = [tuple(detector.keymap.keys_of(s.messages)) for s in test]
+    with_unk = [detector.keymap.unk in keys for keys in test_keys]
     return {
         **evaluation.summary(),
         "k": detector.k,
         "anomalous_with_unseen_key": sum(w for w, s in zip(with_unk, test, strict=True) if s.label),
         "normal_with_unseen_key": sum(w for w, s in zip(with_unk, test, strict=True) if not s.label),
-        "k_sweep": detector_k_sweep(detector, test, data.all_validation),
+        "k_sweep": detector_k_sweep(detector, test_keys, [s.label for s in test], data.all_validation),
     }
 
 

@@ -620,7 +620,8 @@ def evaluate_run(
     sections, details = [], {}
     if isinstance(detector, LogLLaMADetector):
         # The rule at every K on these labels: what `scoring.top_k` / `logllm score --top-k` would give.
-        details.update(k=detector.k, k_sweep=detector_k_sweep(detector, test))
+        test_keys = [tuple(detector.keymap.keys_of(s.messages)) for s in test]
+        details.update(k=detector.k, k_sweep=detector_k_sweep(detector, test_keys, [s.label for s in test]))
         sections.append(
             f"The Top-K rule at other K on this set (the folder's K = {detector.k} in bold; K values whose labels "
             "equal the row above are left out). Apply another K with `scoring.top_k` or `logllm score --top-k`; a K "
