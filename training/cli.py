@@ -108,7 +108,14 @@ def data_config_from(spec: str) -> Any:
     if not path.is_file():
         raise UserError(f"--dataset {spec!r}: not {' or '.join(BUILTIN_DATASETS)} and no such file")
     raw = read_config_file(path, "training/configs/")
-    config: TrainConfig = parse_config({"data": raw.get("data", raw)}, str(path))
+    data = raw.get("data", raw)
+    if isinstance(data, dict) and data.get("assume_normal"):
+        raise UserError(
+            f"--dataset {spec}: data.assume_normal marks logs without anomaly labels, and this command measures "
+            "against labels; label those logs with `logllm score` (a LogLLaMA training run's report.json says how "
+            "many of its held-out sequences it flags), or give a labelled dataset"
+        )
+    config: TrainConfig = parse_config({"data": data}, str(path))
     return config.data
 
 

@@ -48,13 +48,14 @@ class OpenSearchExportConfig(BaseModel):
     )
     label_field: str = Field(
         "label",
-        description="per-document label (0/1, true/false, normal/anomalous); a session label repeated on its documents works too",
+        description="per-document label (0/1, true/false, normal/anomalous); a session label repeated on its documents "
+        "works too (not read with data.assume_normal)",
     )
     query: dict[str, Any] | None = Field(None, description="OpenSearch query restricting the export (default match_all)")
 
 
 class DataConfig(BaseModel):
-    """The labelled data, how it is grouped into sequences and how it is split."""
+    """The log data (labelled, or assumed normal), how it is grouped into sequences and how it is split."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -88,6 +89,12 @@ class DataConfig(BaseModel):
     fraction_mode: Literal["random", "prefix"] | None = Field(
         None, description="how a training fraction is drawn: fixed-seed random subset (hdfs default) or chronological prefix"
     )
+    assume_normal: bool = Field(
+        False,
+        description="raw/opensearch logs without anomaly labels: every sequence counts as normal (LogLLaMA only, "
+        "which learns from normal logs; use a quiet period: incidents in it are learnt as normal). Reports then give "
+        "the share of the held-out sequences flagged and the most surprising ones, not precision/recall",
+    )
     hold_out_patterns: list[str] = Field(
         default_factory=list,
         description="unseen-template protocol: regexes; training drops every sequence with a matching message and the "
@@ -111,6 +118,13 @@ class DataConfig(BaseModel):
             raise ValueError("data.kind = 'opensearch' needs a [data.opensearch] table (index, field names)")
         elif (self.opensearch.session_field is None) == (self.window is None):
             raise ValueError("data.kind = 'opensearch' needs exactly one of data.opensearch.session_field or data.window")
+        if self.assume_normal:
+            if self.kind not in ("raw", "opensearch"):
+                raise ValueError(f"data.assume_normal is for logs without labels (kind 'raw' or 'opensearch'); "
+                                 f"kind {self.kind!r} carries its labels, so drop assume_normal")
+            if self.labels is not None or self.line_labels is not None:
+                raise ValueError("data.assume_normal takes every sequence as normal, so it ignores labels: drop "
+                                 "data.labels / data.line_labels, or drop assume_normal to use them")
         if self.split is None:
             self.split = {"hdfs": "random", "bgl_windows": "upstream"}.get(self.kind, "chronological")  # type: ignore[assignment]
         if self.fraction_mode is None:
@@ -236,6 +250,9 @@ class TrainConfig(BaseModel):
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
+        if self.data.assume_normal:
+            raise ValueError('data.assume_normal (logs without labels) trains LogLLaMA only (top-level detector = '
+                             '"logllama"): LogLLM learns to answer "anomalous" from labelled anomalies')
         return self
 
     def digest(self) -> str:

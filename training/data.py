@@ -270,10 +270,11 @@ def load_raw_log(
     session_key_column: str | None = None,
     session_label_column: str | None = None,
     line_labels: Path | None = None,
+    assume_normal: bool = False,
     chronological_test_ratio: float | None = None,
     name: str | None = None,
 ) -> Dataset:
-    """Raw log lines + per-line or per-session labels -> labelled sequences.
+    """Raw log lines + per-line or per-session labels (or none: `assume_normal`) -> labelled sequences.
 
     Args:
         path: the log file; lines that do not match `fmt` are counted and skipped.
@@ -282,6 +283,7 @@ def load_raw_log(
             fixed windows of consecutive lines (exactly one).
         session_labels: CSV of key,label per session (HDFS ``anomaly_label.csv``).
         line_labels: a file with one label per log line (aligned with `path`'s lines).
+        assume_normal: no labels; every line is normal (labels in the lines are ignored).
         chronological_test_ratio: for windows, split lines chronologically before windowing.
     Raises:
         UserError: missing files, bad regex, no label source, misaligned line labels, or
@@ -301,10 +303,12 @@ def load_raw_log(
         if session_labels is not None
         else None
     )
-    if per_line is None and per_session is None and fmt != "bgl":
+    if assume_normal and (per_line is not None or per_session is not None):
+        raise UserError(f"{path}: assume_normal ignores labels, yet label files were given; drop one or the other")
+    if per_line is None and per_session is None and fmt != "bgl" and not assume_normal:
         raise UserError(
             f"{path}: no labels; give session_labels (CSV key,label) or line_labels (one per line), "
-            "or use --format bgl whose lines carry their label"
+            "use --format bgl whose lines carry their label, or set data.assume_normal (LogLLaMA, logs without labels)"
         )
     records: list[Record] = []
     unparsed = 0
@@ -314,7 +318,7 @@ def load_raw_log(
         if not isinstance(item, LogLine):
             unparsed += 1
             continue
-        label = item.label
+        label = 0 if assume_normal else item.label
         if per_line is not None:
             if item.line_no > len(per_line):
                 raise UserError(f"line label file {line_labels} has {len(per_line)} labels but {path} has more lines")
@@ -399,20 +403,21 @@ def load_opensearch_export(
     tiebreak_field: str | None = None,
     session_field: str | None = None,
     window: int | None = None,
-    label_field: str = "label",
+    label_field: str | None = "label",
     query: dict[str, Any] | None = None,
     chronological_test_ratio: float | None = None,
     page_size: int = 1000,
     progress: Callable[[int], None] | None = None,
 ) -> Dataset:
-    """A labelled export of an OpenSearch index -> labelled sequences.
+    """An export of an OpenSearch index -> labelled sequences.
 
     Documents are read in (`timestamp_field`, `tiebreak_field` or ``_doc``) order with a
     scroll; give a tiebreak (e.g. a line number) when timestamps repeat. Each document
     gives a message (`message_field`), a label (`label_field`: per line, or a session label
     repeated on every document of the session; a sequence is anomalous if any document is)
     and, when grouping by session, its session key (`session_field`). Dotted names reach into
-    objects. Documents without a message or label are counted and skipped.
+    objects. Documents without a message or label are counted and skipped. `label_field`
+    None: the index holds no labels and every document is normal (`DataConfig.assume_normal`).
 
     Raises:
         UserError: the index is missing, a field is absent everywhere, or nothing is left.
@@ -424,6 +429,7 @@ def load_opensearch_export(
         raise UserError(f"index {index}: give exactly one of session_field or window to group documents")
     sort: list[Any] = [{timestamp_field: "asc"}, {tiebreak_field: "asc"} if tiebreak_field else "_doc"]
     body = {"query": query or {"match_all": {}}, "sort": sort}
+    fields = [repr(f) for f in (message_field, label_field) if f]
     records: list[Record] = []
     skipped = 0
     try:
@@ -431,7 +437,7 @@ def load_opensearch_export(
         for n, hit in enumerate(hits):
             source = hit.get("_source", {})
             message = _field(source, message_field)
-            raw_label = _field(source, label_field)
+            raw_label = _field(source, label_field) if label_field else 0
             if message is None or raw_label is None:
                 skipped += 1
                 continue
@@ -449,8 +455,7 @@ def load_opensearch_export(
         raise UserError(f"index {index!r}: the export query was refused ({exc.error}); check the field names") from exc
     if not records:
         raise UserError(
-            f"index {index!r}: no document has both {message_field!r} and {label_field!r} "
-            f"({skipped} skipped); set the field names of the export"
+            f"index {index!r}: no document has {' and '.join(fields)} ({skipped} skipped); set the field names of the export"
         )
     dataset = sequences_from_records(
         records,
@@ -460,7 +465,7 @@ def load_opensearch_export(
         name=f"opensearch:{index}",
     )
     if skipped:
-        note = f"{skipped} documents lack {message_field!r} or {label_field!r} and are skipped"
+        note = f"{skipped} documents lack {' or '.join(fields)} and are skipped"
         log.warning("%s: %s", dataset.name, note)
         dataset = replace(dataset, notes=(*dataset.notes, note))
     return dataset
@@ -602,6 +607,7 @@ def load_dataset(config: DataConfig, os_client: Any | None = None) -> Dataset:
             session_key_column=config.session_key_column,
             session_label_column=config.session_label_column,
             line_labels=config.line_labels,
+            assume_normal=config.assume_normal,
             chronological_test_ratio=ratio if config.window else None,
         )
     export = config.opensearch
@@ -618,7 +624,7 @@ def load_dataset(config: DataConfig, os_client: Any | None = None) -> Dataset:
         tiebreak_field=export.tiebreak_field,
         session_field=export.session_field,
         window=config.window,
-        label_field=export.label_field,
+        label_field=None if config.assume_normal else export.label_field,
         query=export.query,
         chronological_test_ratio=ratio if config.window else None,
     )

@@ -27,7 +27,9 @@ policy, and a normalised advantage lowers the probability of about half of them:
 HDFS_2pct, one episode took the validation false-positive rate from 0.2% to 76%.
 
 Only sequences labelled normal train the model; no anomaly label is needed beyond picking them
-(a user with unlabelled, mostly normal logs can mark everything normal).
+(`data.assume_normal` takes every sequence of an unlabelled log as normal; incidents left in the
+training period are then learnt as normal, which cost most of the recall on HDFS_2pct:
+benchmarks/RESULTS.md).
 
 The run folder holds ``detector/`` (the final model), ``without_rl/`` (after the LM stage),
 with ``rl.control`` also ``lm_continued/`` (the equal-budget likelihood control: the RL stage's
@@ -55,7 +57,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
-from model.detector import RuntimeSettings
+from model.detector import RuntimeSettings, Verdict
 from model.errors import UserError
 from model.logkeys import DrainSettings, LogKeyMap
 from model.logllama import (
@@ -76,6 +78,12 @@ log = logging.getLogger(__name__)
 
 # dedupe: most copies of one sequence a training row stands for (see `weighted_rows`).
 MAX_ROW_WEIGHT = 16
+# Held-out sequences listed in the report of a run on unlabelled logs, most surprising first.
+MOST_SURPRISING = 20
+# Report figures that only mean something against anomaly labels (left out on unlabelled logs).
+LABELLED_ONLY = frozenset(
+    {"precision", "recall", "f1", "tp", "fp", "fn", "tn", "average_precision", "oracle_threshold", "anomalous_with_unseen_key"}
+)
 
 
 # ============================================================================ configuration
@@ -179,7 +187,7 @@ class LogLLaMATrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     detector: Literal["logllama"] = Field("logllama", description="selects this trainer in `logllm train`")
-    data: DataConfig = Field(default_factory=DataConfig, description="labelled data, grouping and split (training.data)")
+    data: DataConfig = Field(default_factory=DataConfig, description="log data (labelled, or data.assume_normal), grouping and split (training.data)")
     architecture: LogLLaMAArchitecture = Field(default_factory=LogLLaMAArchitecture, description="decoder, LoRA, layout")
     drain: DrainConfig = Field(default_factory=DrainConfig)
     runtime: RuntimeSettings = Field(
@@ -271,6 +279,8 @@ class KeyedData:
     mean_targets: float | None = None
     # Every held-out normal sequence (distinct, with counts) when `val` is a subsample of them.
     held_out: tuple[list[tuple[int, ...]], list[int]] | None = None
+    # False for logs without anomaly labels (`DataConfig.assume_normal`): every test label is 0.
+    labelled: bool = True
 
     @property
     def all_validation(self) -> tuple[list[tuple[int, ...]], list[int]]:
@@ -388,6 +398,7 @@ def prepare_data(config: LogLLaMATrainConfig, dataset: Dataset | None = None) ->
         "unk_in_normal_training": sum(k.count(keymap.unk) for k in train_keys + val_keys),
         "test": len(split.test),
         "test_anomalous": sum(s.label for s in split.test),
+        "labelled": not config.data.assume_normal,
     }
     log.info("logllama data: %s", summary)
     mean_targets = None
@@ -399,7 +410,10 @@ def prepare_data(config: LogLLaMATrainConfig, dataset: Dataset | None = None) ->
         rows = key_batch(train, keymap.n_keys, arch.sequence_kind, arch.max_keys, weights=train_weights)
         counted = ((rows.targets != IGNORE) & (rows.targets != keymap.unk)).sum(-1).float()
         mean_targets = float((counted * rows.weights).sum() / rows.weights.sum())
-    return KeyedData(keymap, train, train_weights, val, val_counts, split.test, summary, mean_targets, held_out)
+    return KeyedData(
+        keymap, train, train_weights, val, val_counts, split.test, summary, mean_targets, held_out,
+        labelled=not config.data.assume_normal,
+    )
 
 
 # ============================================================================ losses
@@ -858,22 +872,52 @@ def k_sweep_markdown(rows: Sequence[dict[str, Any]], chosen_k: int) -> str:
     return "\n".join(lines)
 
 
+def most_surprising(test: Sequence[LabelledSequence], verdicts: Sequence[Verdict], n: int) -> list[dict[str, Any]]:
+    """The `n` sequences with the highest score, most surprising first: key, score, label and
+    the lines the verdict points at (the failed keys, else the least likely one)."""
+    ranked = sorted(zip(test, verdicts, strict=True), key=lambda pair: -pair[1].score)[:n]
+    return [
+        {
+            "sequence": seq.key,
+            "score": round(verdict.score, 6),
+            "flagged": bool(verdict.label),
+            "lines": [{"position": p, "message": seq.messages[p]} for p in verdict.positions or verdict.score_positions],
+        }
+        for seq, verdict in ranked
+    ]
+
+
 def _metrics_of(detector: LogLLaMADetector, data: KeyedData, name: str) -> dict[str, Any]:
-    """Test-split metrics of one detector folder, its unseen-key counts and its `k_sweep`."""
-    from training.evaluate import score_sequences
+    """Test-split metrics of one detector folder, its unseen-key counts and its `k_sweep`; on
+    unlabelled logs also how many held-out sequences it flags and the most surprising ones."""
+    from training.evaluate import score_with_verdicts
 
     test = data.test
-    evaluation = score_sequences(
+    evaluation, verdicts = score_with_verdicts(
         detector, name, [s.key for s in test], [list(s.messages) for s in test], [s.label for s in test]
     )
     test_keys = [tuple(detector.keymap.keys_of(s.messages)) for s in test]
     with_unk = [detector.keymap.unk in keys for keys in test_keys]
-    return {
+    metrics = {
         **evaluation.summary(),
         "k": detector.k,
         "anomalous_with_unseen_key": sum(w for w, s in zip(with_unk, test, strict=True) if s.label),
         "normal_with_unseen_key": sum(w for w, s in zip(with_unk, test, strict=True) if not s.label),
         "k_sweep": detector_k_sweep(detector, test_keys, [s.label for s in test], data.all_validation),
+    }
+    if data.labelled:
+        return metrics
+    # Without labels every figure against the anomalous class is 0 by construction: keep only
+    # what is measured, how many held-out sequences are flagged (at every K too).
+    return {
+        **{k: v for k, v in metrics.items() if k not in LABELLED_ONLY},
+        "flagged": metrics["fp"],
+        "flagged_share": round(metrics["fp"] / max(len(test), 1), 6),
+        "most_surprising": most_surprising(test, verdicts, MOST_SURPRISING),
+        "k_sweep": [
+            {"k": r["k"], "validation_false_positive_rate": r["validation_false_positive_rate"], "flagged": r["fp"]}
+            for r in metrics["k_sweep"]
+        ],
     }
 
 
@@ -935,6 +979,7 @@ def evaluate_logllama_run(config: LogLLaMATrainConfig, data: KeyedData, folders:
 
     report: dict[str, Any] = {
         "split": data.summary["split"],
+        "labelled": data.labelled,
         "n_keys": data.keymap.n_keys,
         # what each folder's k_sweep measures its validation false-positive rate on
         "validation": {"distinct_sequences": len(data.all_validation[0]), "sequences": sum(data.all_validation[1])},
@@ -947,7 +992,10 @@ def evaluate_logllama_run(config: LogLLaMATrainConfig, data: KeyedData, folders:
         report["k"] = scored.k
         report[names[folder_name]] = _metrics_of(scored, data, f"logllama-{names[folder_name]}")
     (config.output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    log.info("logllama report: %s", {k: v for k, v in report.items() if k != "split"})
+    headline = ("precision", "recall", "f1", "flagged", "flagged_share")
+    log.info("logllama report (K %d): %s", report["k"], {
+        name: {k: report[name][k] for k in headline if k in report[name]} for name in names.values() if name in report
+    })
 
 
 
@@ -971,11 +1019,13 @@ def run_train_command(config: LogLLaMATrainConfig) -> int:
     if config.evaluate and report_path.exists():
         report = json.loads(report_path.read_text())
         for name in ("without_rl", "with_rl", "lm_continued"):
-            if name in report:
-                r = report[name]
-                print(
-                    f"logllm train: logllama {name}: P {r['precision']:.4f} R {r['recall']:.4f} F1 {r['f1']:.4f} "
-                    f"(K {report['k']})",
-                    file=sys.stderr,
-                )
+            if name not in report:
+                continue
+            r = report[name]
+            if report.get("labelled", True):
+                result = f"P {r['precision']:.4f} R {r['recall']:.4f} F1 {r['f1']:.4f}"
+            else:
+                result = (f"flags {r['flagged']} of {r['sequences']} held-out sequences ({r['flagged_share']:.2%}; "
+                          f"no labels: false positives if that period was normal; most surprising in {report_path})")
+            print(f"logllm train: logllama {name}: {result} (K {report['k']})", file=sys.stderr)
     return 0

@@ -127,9 +127,26 @@ def test_export_through_a_config(os_client: OpenSearch, hdfs_labelled_index: Lab
     assert split.how.startswith("chronological")
 
 
+def test_export_without_labels_takes_every_session_as_normal(
+    os_client: OpenSearch, hdfs_labelled_index: LabelledIndex
+) -> None:
+    """data.assume_normal: the index has no `label` field, and no document is skipped for it."""
+    fields = {"index": hdfs_labelled_index.name, "message_field": "log.message", "tiebreak_field": "line",
+              "session_field": "block"}
+    unlabelled = load_dataset(DataConfig.model_validate(
+        {"kind": "opensearch", "assume_normal": True, "opensearch": fields}
+    ), os_client)
+    labelled = load_dataset(DataConfig.model_validate(
+        {"kind": "opensearch", "opensearch": {**fields, "label_field": "verdict"}}
+    ), os_client)
+    assert [(s.key, s.messages) for s in unlabelled.sequences] == [(s.key, s.messages) for s in labelled.sequences]
+    assert {s.label for s in unlabelled.sequences} == {0} and labelled.n_anomalous > 0
+    assert unlabelled.notes == labelled.notes == ()
+
+
 def test_export_errors_are_actionable(os_client: OpenSearch, hdfs_labelled_index: LabelledIndex, index_prefix: str) -> None:
     with pytest.raises(UserError, match="does not exist"):
         load_opensearch_export(os_client, f"{index_prefix}missing", session_field="block")
-    with pytest.raises(UserError, match="no document has both 'message' and 'verdict'"):
+    with pytest.raises(UserError, match="no document has 'message' and 'verdict'"):
         load_opensearch_export(os_client, hdfs_labelled_index.name, session_field="block", label_field="verdict",
                                timestamp_field="@timestamp")

@@ -415,3 +415,35 @@ def test_logllm_score_names_the_file_lines_a_logllama_folder_points_at(
     assert {r["model_version"] for r in strict.values()} == {f"{records[block]['model_version']}-k1"}
     flagged = {key for key, r in records.items() if r["label"] == "anomalous"}
     assert flagged <= {key for key, r in strict.items() if r["label"] == "anomalous"}
+
+
+def test_logllm_train_learns_from_logs_without_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`data.assume_normal`: a raw log with no label file trains end to end; the report counts
+    the held-out sequences flagged and lists the most surprising first, with their lines."""
+    lines = HDFS_HEAD20K.read_text().splitlines()[:3000]
+    late_block = HDFS_BLOCK_ID.findall(lines[-1])[0]  # in the chronological test split
+    unseen = f"081109 213518 143 INFO dfs.DataNode: Disk quota exceeded on volume /data/7 while writing {late_block}"
+    log = tmp_path / "app.log"
+    log.write_text("\n".join([*lines, unseen]) + "\n")
+    config = tmp_path / "llama.toml"
+    config.write_text(
+        f'detector = "logllama"\noutput = "{tmp_path / "run"}"\n'
+        f'[data]\nkind = "raw"\npath = "{log}"\nformat = "hdfs"\nsession_regex = \'blk_-?\\d+\'\nassume_normal = true\n'
+        '[runtime]\ndevice = "cpu"\ndtype = "float32"\nquantize = "off"\n'
+        "[lm]\nmax_steps = 4\neval_every = 4\n[rl]\nepisodes = 1\nsequences_per_episode = 8\n"
+    )
+    assert main(["train", "--config", str(config), "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    result = report["with_rl"]
+    assert report["labelled"] is False and "f1" not in result and "precision" not in result
+    assert f"flags {result['flagged']} of {result['sequences']} held-out sequences" in err
+    assert result["flagged_share"] == round(result["flagged"] / result["sequences"], 6)
+    at_k = {row["k"]: row["flagged"] for row in result["k_sweep"]}
+    assert at_k[report["k"]] == result["flagged"]
+    assert list(at_k.values()) == sorted(at_k.values(), reverse=True)
+    first, *rest = result["most_surprising"]
+    assert first["sequence"] == late_block and first["flagged"]
+    assert unseen.split("INFO dfs.DataNode: ")[1] in [line["message"] for line in first["lines"]]
+    scores = [s["score"] for s in result["most_surprising"]]
+    assert scores == sorted(scores, reverse=True) and len(rest) == 19

@@ -223,6 +223,13 @@ def test_shipped_configs_validate_with_the_method_defaults() -> None:
     assert (hdfs.detection_k, hdfs.architecture.sequence_kind, hdfs.rl.algorithm) == (7, "session", "reinforce")
     assert (bgl.detection_k, bgl.architecture.sequence_kind) == (80, "window")
     assert config_selects_logllama(configs / "logllama_hdfs.toml")
+    # The unlabelled HDFS config is the same recipe and block split with the labels left out.
+    unlabelled = load_logllama_config(configs / "logllama_hdfs_unlabelled.toml")
+    assert unlabelled.data.assume_normal and unlabelled.data.labels is None
+    assert unlabelled.model_dump(exclude={"data", "output", "rl"}) == hdfs.model_dump(exclude={"data", "output", "rl"})
+    assert unlabelled.rl.model_dump(exclude={"control"}) == hdfs.rl.model_dump(exclude={"control"})
+    split = ("split", "seed", "test_ratio")
+    assert [getattr(unlabelled.data, f) for f in split] == [getattr(hdfs.data, f) for f in split]
 
 
 def test_defaults_follow_the_data_and_typos_are_errors(tmp_path: object) -> None:

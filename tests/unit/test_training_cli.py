@@ -94,3 +94,18 @@ def test_eval_unknown_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     spec = tmp_path / "d.toml"
     spec.write_text('[data]\nkind = "bgl_windows"\n')
     assert data_config_from(str(spec)).kind == "bgl_windows"
+
+
+def test_eval_and_calibrate_refuse_logs_without_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from model.folder import write_detector_folder
+
+    write_detector_folder(tmp_path / "k", {"detector": "logllama"}, {"w.safetensors": {"t": torch.zeros(1)}})
+    (tmp_path / "app.log").write_text("step of req-1\n")
+    spec = _config(tmp_path, f'detector = "logllama"\n[data]\nkind = "raw"\npath = "{tmp_path / "app.log"}"\n'
+                             'window = 10\nassume_normal = true\n')
+    for command in ("eval", "calibrate"):
+        code, err = _run([command, "--model", str(tmp_path / "k"), "--dataset", str(spec)], capsys)
+        assert code == 2 and "data.assume_normal marks logs without anomaly labels" in err, err
+        assert "`logllm score`" in err and "Traceback" not in err

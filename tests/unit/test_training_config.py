@@ -69,6 +69,11 @@ def test_toml_and_json_load_the_same(tmp_path: Path) -> None:
         ({"data": {"kind": "opensearch"}}, "needs a \\[data.opensearch\\] table"),
         ({"sampler": {"beta": 1.0}}, "sampler.beta"),
         ({"sampler": {"cap_order": "distinct"}}, "sampler.cap_order"),
+        ({"data": {"kind": "hdfs", "assume_normal": True}}, "kind 'hdfs' carries its labels, so drop assume_normal"),
+        ({"data": {"kind": "raw", "path": "x.log", "window": 10, "assume_normal": True, "line_labels": "y.txt"}},
+         "drop data.labels / data.line_labels, or drop assume_normal"),
+        ({"data": {"kind": "raw", "path": "x.log", "window": 10, "assume_normal": True}},
+         'trains LogLLaMA only \\(top-level detector = "logllama"\\)'),
     ],
 )
 def test_invalid_configs_name_the_key(raw: dict[str, object], message: str) -> None:

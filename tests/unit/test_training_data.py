@@ -97,10 +97,26 @@ def test_bgl_format_labels_come_inline_and_are_stripped(tmp_path: Path) -> None:
     assert window.label == 1 and window.messages == ("all fine", "data TLB error")
 
 
+def test_assume_normal_takes_every_sequence_as_normal_and_ignores_inline_labels(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("start req-1\nstart req-2\nfail req-2 disk\n")
+    dataset = load_raw_log(log, session_regex=r"req-\d+", assume_normal=True)
+    assert [(s.key, s.label) for s in dataset.sequences] == [("req-1", 0), ("req-2", 0)]
+    bgl = tmp_path / "bgl.log"
+    header = "1117838570 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.675872 R02-M1-N0-C:J12-U11 RAS KERNEL INFO"
+    bgl.write_text(f"KERNDTLB {header} data TLB error\n")
+    (window,) = load_raw_log(bgl, fmt="bgl", window=100, assume_normal=True).sequences
+    assert window.label == 0 and window.messages == ("data TLB error",)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("key,label\nreq-1,1\n")
+    with pytest.raises(UserError, match="assume_normal ignores labels, yet label files were given"):
+        load_raw_log(log, session_regex=r"req-\d+", session_labels=labels, assume_normal=True)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"window": 2}, "no labels"),
+        ({"window": 2}, "no labels; .* or set data.assume_normal"),
         ({"session_regex": "(", "session_labels": Path("x")}, "does not compile"),
         ({}, "exactly one of session_regex or window"),
     ],
