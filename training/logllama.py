@@ -873,7 +873,7 @@ def k_sweep_markdown(rows: Sequence[dict[str, Any]], chosen_k: int) -> str:
 
 
 def most_surprising(test: Sequence[LabelledSequence], verdicts: Sequence[Verdict], n: int) -> list[dict[str, Any]]:
-    """The `n` sequences with the highest score, most surprising first: key, score, label and
+    """The `n` sequences with the highest score, most surprising first: key, score, whether flagged and
     the lines the verdict points at (the failed keys, else the least likely one)."""
     ranked = sorted(zip(test, verdicts, strict=True), key=lambda pair: -pair[1].score)[:n]
     return [
