@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, peak_rss_mb, write_result  # noqa: E402
+from benchmarks.common import RESULTS_DIR, mean_and_std, peak_rss_mb, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC_KEYS = ("precision", "recall", "f1", "tp", "fp", "fn", "tn")
@@ -52,15 +52,7 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One run: its metrics. Several seeds: mean and std of P/R/F1, and every seed's metrics."""
     if len(runs) == 1:
         return runs[0]
-    out: dict[str, Any] = {}
-    for key in ("precision", "recall", "f1", "average_precision"):
-        if not all(key in r for r in runs):
-            continue  # e.g. no average precision in reports written before it was measured
-        values = [r[key] for r in runs]
-        out[key] = round(statistics.mean(values), 6)
-        out[f"{key}_std"] = round(statistics.stdev(values), 6)
-    out["per_seed"] = runs
-    return out
+    return {**mean_and_std(runs, ("precision", "recall", "f1", "average_precision")), "per_seed": runs}
 
 
 def _aggregate_k_sweep(sweeps: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

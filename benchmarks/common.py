@@ -14,6 +14,7 @@ import os
 import platform
 import resource
 import shlex
+import statistics
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,17 @@ RESULTS_MD = BENCH_DIR / "RESULTS.md"
 # model name ("AMD EPYC") differed here by this alone: bf16 matmuls ran ~2x faster than fp32 on
 # one (avx512_bf16) and 36x slower on the other (avx2), so results must say which it was.
 VECTOR_ISAS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2", "avx")
+
+
+def mean_and_std(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Mean and sample std over runs (>= 2, e.g. training seeds) of each key all of them hold."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        if all(key in r for r in runs):  # e.g. no average precision in reports written before it was measured
+            values = [r[key] for r in runs]
+            out[key] = round(statistics.mean(values), 6)
+            out[f"{key}_std"] = round(statistics.stdev(values), 6)
+    return out
 
 
 def machine() -> dict[str, Any]:

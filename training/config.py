@@ -256,8 +256,14 @@ class TrainConfig(BaseModel):
         return self
 
     def digest(self) -> str:
-        """Hash of everything that changes the training trajectory (not output, calibration or evaluation)."""
-        body = self.model_dump(mode="json", exclude={"output", "calibrate", "evaluate", "baseline", "baseline_classifier"})
+        """Hash of everything that changes the training trajectory (not output, calibration or evaluation).
+
+        `data.assume_normal` is left out: this config refuses it, so it never changes a trajectory,
+        and hashing it would give every run made before the field existed another digest (which
+        stops an interrupted run from resuming and a benchmark from reusing its figures)."""
+        body = self.model_dump(mode="json", exclude={"output": True, "calibrate": True, "evaluate": True,
+                                                     "baseline": True, "baseline_classifier": True,
+                                                     "data": {"assume_normal"}})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -54,6 +54,18 @@ def test_toml_and_json_load_the_same(tmp_path: Path) -> None:
     assert load_config(toml, {"output": "elsewhere"}).digest() == a.digest()  # output does not change training
 
 
+def test_digest_is_that_of_runs_made_before_assume_normal_existed() -> None:
+    """A run folder or benchmark record made before `data.assume_normal` was added hashed the
+    dump without it; the digest must still match it, or interrupted runs stop resuming and
+    benchmarks stop reusing their figures."""
+    import hashlib
+
+    config = load_config(CONFIG_DIR / "logllm_bgl_small_cpu.toml")
+    before = config.model_dump(mode="json", exclude={"output", "calibrate", "evaluate", "baseline", "baseline_classifier"})
+    del before["data"]["assume_normal"]
+    assert config.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
