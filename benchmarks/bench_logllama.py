@@ -52,7 +52,7 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One run: its metrics. Several seeds: mean and std of P/R/F1, and every seed's metrics."""
     if len(runs) == 1:
         return runs[0]
-    return {**mean_and_std(runs, ("precision", "recall", "f1", "average_precision")), "per_seed": runs}
+    return {**mean_and_std(runs), "per_seed": runs}
 
 
 def _aggregate_k_sweep(sweeps: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

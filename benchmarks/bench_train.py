@@ -196,21 +196,24 @@ def _stages(output: Path) -> dict[str, Any]:
 
 
 def _seeds_block(full_seed: int, full_logllm: dict[str, Any], reports: dict[str, Any], previous: dict[str, Any],
-                 measured_with_this_recipe: Callable[[str], bool]) -> dict[str, Any]:
+                 measured_with_this_recipe: Callable[[str], bool]) -> tuple[dict[str, Any], list[str]]:
     """LogLLM on the test split per training seed (the full run and the EXTRA_SEEDS runs that
     finished, or whose figures an earlier results file holds for this recipe), with mean and
-    std when there are two or more."""
+    std when there are two or more; and the seed runs whose figures were carried over."""
+    def row(name: str, seed: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"experiment": name, "seed": seed, **{k: metrics[k] for k in SEED_METRIC_KEYS if k in metrics}}
+
     earlier = {r["experiment"]: r for r in previous.get("seeds", {}).get("per_seed", [])}
-    per_seed = [{"experiment": "full", "seed": full_seed, **{k: full_logllm[k] for k in SEED_METRIC_KEYS if k in full_logllm}}]
+    per_seed, carried = [row("full", full_seed, full_logllm)], []
     for seed in EXTRA_SEEDS:
         name = f"seed-{seed}"
         if name in reports:
-            metrics = _metrics(reports[name]["results"]["logllm"])
-            per_seed.append({"experiment": name, "seed": seed, **{k: metrics[k] for k in SEED_METRIC_KEYS if k in metrics}})
+            per_seed.append(row(name, seed, _metrics(reports[name]["results"]["logllm"])))
         elif name in earlier and measured_with_this_recipe(name):
             per_seed.append(earlier[name])
-    spread = mean_and_std(per_seed, ("precision", "recall", "f1", "average_precision")) if len(per_seed) > 1 else {}
-    return {"seeds": [r["seed"] for r in per_seed], **spread, "per_seed": per_seed}
+            carried.append(name)
+    spread = mean_and_std(per_seed) if len(per_seed) > 1 else {}
+    return {"seeds": [r["seed"] for r in per_seed], **spread, "per_seed": per_seed}, carried
 
 
 def _curve_point(fraction: float, report: dict[str, Any]) -> dict[str, Any]:
@@ -337,9 +340,9 @@ def main() -> None:
     elif previous.get("unseen_templates", {}).get("logllm_f1") is not None and measured_with_this_recipe("unseen"):
         unseen_block = previous["unseen_templates"]
         carried["unseen"] = measured_on("unseen")
-    seeds_block = _seeds_block(full_cfg.seed, full_fields["logllm"], reports, previous, measured_with_this_recipe)
-    carried |= {r["experiment"]: measured_on(r["experiment"]) for r in seeds_block["per_seed"]
-                if r["experiment"] not in reports and r["experiment"] != "full"}
+    seeds_block, seeds_carried = _seeds_block(full_cfg.seed, full_fields["logllm"], reports, previous,
+                                              measured_with_this_recipe)
+    carried |= {name: measured_on(name) for name in seeds_carried}
     earlier_runs = previous.get("runs", {})
     run_records = {name: {**runs.get(name, {}), "output": str(cfg.output)} for name, cfg in configs.items() if name in reports}
     run_records |= {name: earlier_runs[name] for name in carried if name in earlier_runs}

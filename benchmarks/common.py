@@ -31,7 +31,11 @@ RESULTS_MD = BENCH_DIR / "RESULTS.md"
 VECTOR_ISAS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2", "avx")
 
 
-def mean_and_std(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+# What a training benchmark averages over seeds.
+SPREAD_KEYS = ("precision", "recall", "f1", "average_precision")
+
+
+def mean_and_std(runs: list[dict[str, Any]], keys: tuple[str, ...] = SPREAD_KEYS) -> dict[str, Any]:
     """Mean and sample std over runs (>= 2, e.g. training seeds) of each key all of them hold."""
     out: dict[str, Any] = {}
     for key in keys:
