@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS_DIR, mean_and_std, write_result  # noqa: E402
-from training.config import TrainConfig, load_config  # noqa: E402
+from training.config import PAPER_STAGES, TrainConfig, load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -418,7 +418,7 @@ def _markdown(dataset: str, p: dict[str, Any]) -> str:
         f"| {name} | {r.get('wall_s', '-')} | {r.get('cpu_s', '-')} | {r.get('peak_rss_mb', '-')} |" for name, r in p["runs"].items()
     )
     return f"""Dataset: {p['dataset']}. Split: {p['split']} (train {p['split_counts']['train']}, {p['split_counts']['train_anomalous']} anomalous; test {p['split_counts']['test']}, {p['split_counts']['test_anomalous']} anomalous).
-Detector `{p['model']['detector_version']}` ({p['model']['encoder']} + {p['model']['decoder']}), recipe `{p['recipe']['config']}`: the paper's stages, LRs, epochs, micro-batch {p['recipe']['micro_batch']} x accumulation {p['recipe']['accumulation']}, beta {p['recipe']['beta']}, with capped samples per stage (CPU budget; the cut keeps {CAP_ORDER_TEXT[p['recipe'].get('cap_order', 'random')]}), fp32, {p['recipe']['threads']} torch thread(s).
+Detector `{p['model']['detector_version']}` ({p['model']['encoder']} + {p['model']['decoder']}), recipe `{p['recipe']['config']}`: the paper's stages, {_learning_rates_text(p['recipe']['stages'])}, epochs, micro-batch {p['recipe']['micro_batch']} x accumulation {p['recipe']['accumulation']}, beta {p['recipe']['beta']}, with capped samples per stage (CPU budget; the cut keeps {CAP_ORDER_TEXT[p['recipe'].get('cap_order', 'random')]}), fp32, {p['recipe']['threads']} torch thread(s).
 
 | detector (test split) | precision | recall | F1 | TP | FP | FN | TN |
 |---|---|---|---|---|---|---|---|
@@ -452,6 +452,14 @@ Runs (each a separate `logllm train` process; CPU seconds of the child):
 
 ![learning curve](results/train_{dataset}_learning_curve.png) ![precision-recall](results/train_{dataset}_pr_curve.png) ![training loss](results/train_{dataset}_training_loss.png)
 """
+
+
+def _learning_rates_text(stages: dict[str, dict[str, Any]]) -> str:
+    """"LRs" when every stage of the recipe runs at the paper's rate, else the stages that do not."""
+    paper = {stage.name: stage.lr for stage in PAPER_STAGES}
+    changed = [f"{name} at {stage['lr']:.0e} (paper {paper[name]:.0e})" for name, stage in stages.items()
+               if name in paper and stage["lr"] != paper[name]]
+    return f"LRs except stage {', '.join(changed)}" if changed else "LRs"
 
 
 def _seeds_markdown(block: dict[str, Any]) -> str:
