@@ -32,18 +32,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, mean_and_std, peak_rss_mb, write_result  # noqa: E402
+from benchmarks.common import DETECTION_KEYS, RESULTS_DIR, mean_and_std, peak_rss_mb, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-METRIC_KEYS = ("precision", "recall", "f1", "tp", "fp", "fn", "tn")
-REFERENCE_KEYS = (*METRIC_KEYS, "average_precision")
 # LogLLM-small figures when no results/train_<dataset>.json exists: the shipped model's own report.
 SHIPPED_REPORTS = {"hdfs": REPO / "model" / "shipped" / "logllm-small-hdfs" / "report.json"}
 
 
 # ============================================================================ dataset runs
 def _metrics(report: dict[str, Any]) -> dict[str, Any]:
-    keep = (*METRIC_KEYS, "average_precision", "sequences", "seconds", "sequences_per_s",
+    keep = (*DETECTION_KEYS, "sequences", "seconds", "sequences_per_s",
             "anomalous_with_unseen_key", "normal_with_unseen_key", "version")
     return {k: report[k] for k in keep if k in report}
 
@@ -91,8 +89,8 @@ def _reference(dataset: str, split: Any) -> dict[str, Any]:
         return {
             "source": f"benchmarks/results/{path.name} ({data.get('date', '?')})",
             "split": data.get("split"),
-            "logllm": {k: data["logllm"].get(k) for k in REFERENCE_KEYS} if "logllm" in data else None,
-            "baseline": {k: data["baseline"].get(k) for k in REFERENCE_KEYS} if "baseline" in data else None,
+            "logllm": {k: data["logllm"].get(k) for k in DETECTION_KEYS} if "logllm" in data else None,
+            "baseline": {k: data["baseline"].get(k) for k in DETECTION_KEYS} if "baseline" in data else None,
         }
     from training.baseline import TemplateCountBaseline
     from training.evaluate import binary_metrics
@@ -106,7 +104,7 @@ def _reference(dataset: str, split: Any) -> dict[str, Any]:
         report = json.loads(shipped.read_text())
         # Only figures from the very same split are comparable.
         if report.get("split", {}).get("how") == split.how and report["split"].get("test") == len(split.test):
-            logllm = {k: report["results"]["logllm"].get(k) for k in REFERENCE_KEYS}
+            logllm = {k: report["results"]["logllm"].get(k) for k in DETECTION_KEYS}
             logllm_source = f"LogLLM-small: the shipped model's report {shipped.relative_to(REPO)} (same split)"
     return {
         "source": f"baseline trained by this script on the same split; {logllm_source}",

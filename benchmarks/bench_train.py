@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, mean_and_std, write_result  # noqa: E402
+from benchmarks.common import DETECTION_KEYS, RESULTS_DIR, mean_and_std, write_result  # noqa: E402
 from training.config import PAPER_STAGES, TrainConfig, load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,8 +52,6 @@ CAP_ORDER_TEXT = {
 }
 # What the results file holds about the full run (kept when its run folder is gone).
 FULL_RUN_KEYS = ("dataset", "model", "split", "split_counts", "recipe", "logllm", "baseline", "stages")
-# What the seed comparison keeps of each run's LogLLM metrics (under its folder's label rule).
-SEED_METRIC_KEYS = ("precision", "recall", "f1", "tp", "fp", "fn", "tn", "average_precision")
 # Anomaly-associated templates whose words say what went wrong; chosen by hand from the
 # per-template label counts (documented in RESULTS.md). Regexes over the raw message.
 HOLD_OUT = {
@@ -171,8 +169,7 @@ def reused_run_record(config: TrainConfig) -> dict[str, Any] | None:
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, Any]:
-    keys = ("precision", "recall", "f1", "tp", "fp", "fn", "tn", "average_precision", "parse_failures",
-            "sequences", "seconds", "sequences_per_s", "oracle_threshold", "version")
+    keys = (*DETECTION_KEYS, "parse_failures", "sequences", "seconds", "sequences_per_s", "oracle_threshold", "version")
     return {k: result[k] for k in keys if k in result}
 
 
@@ -201,7 +198,7 @@ def _seeds_block(full_seed: int, full_logllm: dict[str, Any], reports: dict[str,
     finished, or whose figures an earlier results file holds for this recipe), with mean and
     std when there are two or more; and the seed runs whose figures were carried over."""
     def row(name: str, seed: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {"experiment": name, "seed": seed, **{k: metrics[k] for k in SEED_METRIC_KEYS if k in metrics}}
+        return {"experiment": name, "seed": seed, **{k: metrics[k] for k in DETECTION_KEYS if k in metrics}}
 
     earlier = {r["experiment"]: r for r in previous.get("seeds", {}).get("per_seed", [])}
     per_seed, carried = [row("full", full_seed, full_logllm)], []

@@ -31,14 +31,15 @@ RESULTS_MD = BENCH_DIR / "RESULTS.md"
 VECTOR_ISAS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2", "avx")
 
 
-# What a training benchmark averages over seeds.
+# What the training benchmarks report of a detector on a test split, and what they average over seeds.
+DETECTION_KEYS = ("precision", "recall", "f1", "tp", "fp", "fn", "tn", "average_precision")
 SPREAD_KEYS = ("precision", "recall", "f1", "average_precision")
 
 
-def mean_and_std(runs: list[dict[str, Any]], keys: tuple[str, ...] = SPREAD_KEYS) -> dict[str, Any]:
-    """Mean and sample std over runs (>= 2, e.g. training seeds) of each key all of them hold."""
+def mean_and_std(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample std over runs (>= 2, e.g. training seeds) of each SPREAD_KEYS key all of them hold."""
     out: dict[str, Any] = {}
-    for key in keys:
+    for key in SPREAD_KEYS:
         if all(key in r for r in runs):  # e.g. no average precision in reports written before it was measured
             values = [r[key] for r in runs]
             out[key] = round(statistics.mean(values), 6)
